@@ -1,0 +1,72 @@
+"""The exceptions fanwire's server raises, all under one root.
+
+::
+
+    FanwireError
+     ├── ConfigError            a bad option or combination of options (exit code 2)
+     ├── BootError              a worker cannot start: port in use, bad certificate... (no restart loop)
+     ├── ProtocolViolation      the *peer* broke the fanwire message protocol; has an error ``code``
+     │    ├── BadEncoding           payload is not valid JSON / msgpack            code "bad_encoding"
+     │    ├── BadMessage            not a map, missing or wrongly typed field      code "bad_message"
+     │    ├── UnknownType           unknown ``type``                               code "unknown_type"
+     │    ├── UnknownAction         unknown ``custom`` action                      code "unknown_action"
+     │    └── RoomError             bad room name, too many rooms, not in room     code varies
+     └── BusError               the bus between workers or nodes failed
+          └── BusFrameError         a malformed frame arrived on the bus (dropped and counted)
+
+``ProtocolViolation`` never closes a connection: the worker turns it into an ``error`` reply.
+"""
+
+from __future__ import annotations
+
+
+class FanwireError(Exception):
+    """Root of every fanwire server exception."""
+
+
+class ConfigError(FanwireError):
+    """An invalid option or combination of options."""
+
+
+class BootError(FanwireError):
+    """A worker could not boot; the supervisor halts instead of restarting it."""
+
+
+class ProtocolViolation(FanwireError):
+    """The client sent something the protocol refuses. ``code`` goes into the error reply."""
+
+    code = "bad_message"
+
+    def __init__(self, detail: str, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class BadEncoding(ProtocolViolation):
+    code = "bad_encoding"
+
+
+class BadMessage(ProtocolViolation):
+    code = "bad_message"
+
+
+class UnknownType(ProtocolViolation):
+    code = "unknown_type"
+
+
+class UnknownAction(ProtocolViolation):
+    code = "unknown_action"
+
+
+class RoomError(ProtocolViolation):
+    code = "bad_room"
+
+
+class BusError(FanwireError):
+    """The bus failed to carry a frame."""
+
+
+class BusFrameError(BusError):
+    """A frame on the bus could not be parsed."""

@@ -1,0 +1,300 @@
+"""The supervisor: forks the workers, watches them, signals them, reaps them. Runs no event loop.
+
+Signal handlers only enqueue the signal; the main loop wakes on a self-pipe (or a timeout), dispatches
+``handle_<signal>`` and reads each worker's status pipe (R = ready, H = alive, E... = boot error).
+
+- A worker that dies is replaced in the same slot at once (it reuses its bus endpoint).
+- A worker that dies before it was ever ready, or exits with EXIT_BOOT, halts everything with a clear
+  message and a non-zero exit: no restart loop. So does a slot that crashes too often.
+- SIGINT/SIGTERM: stop. Workers get SIGTERM (close clients with 1001), then SIGKILL after the deadline.
+- SIGHUP: rolling restart, one slot at a time: the new worker (on the spare bus endpoint) is ready before
+  the old one is told to leave (SIGHUP: it closes its clients with 1012).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from types import FrameType
+
+from .config import Config
+from .pipebus import make_mesh
+from .worker import EXIT_BOOT, worker_main
+
+log = logging.getLogger("fanwire.supervisor")
+
+CRASH_WINDOW_S = 30.0
+CRASH_LIMIT = 10
+
+
+@dataclass
+class WorkerProc:
+    slot: int
+    endpoint: int
+    pid: int
+    status_fd: int
+    started: float
+    ready: bool = False
+    last_beat: float = 0.0
+    retiring: bool = False
+    boot_error: str = ""
+    buf: bytes = b""
+
+
+@dataclass
+class Supervisor:
+    cfg: Config
+    node: str = ""
+    procs: dict[int, WorkerProc] = field(default_factory=dict)  # by pid
+    slots: dict[int, WorkerProc] = field(default_factory=dict)  # the current worker of each slot
+    signals: deque[int] = field(default_factory=deque)
+    crashes: dict[int, list[float]] = field(default_factory=dict)
+    exit_code: int = 0
+    announced: bool = False
+    stopping: bool = False
+    restart_queue: deque[int] = field(default_factory=deque)
+    replacing: dict[int, WorkerProc] = field(default_factory=dict)  # slot -> old proc during a restart
+
+    def __post_init__(self) -> None:
+        self.n = self.cfg.worker_count
+        self.endpoints = self.n + 1  # one spare for rolling restarts
+        self.mesh = make_mesh(self.endpoints)
+        self.free_endpoints = {self.n}
+        self.node = self.node or self.cfg.node_id or f"{self.cfg.host}:{self.cfg.port}"
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # --- main loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._enqueue)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        log.info("supervisor pid %d starting %d workers on %s", os.getpid(), self.n, self.cfg.url)
+        for slot in range(self.n):
+            self.spawn(slot, slot)
+        while True:
+            fds = [self._wake_r] + [p.status_fd for p in self.procs.values()]
+            try:
+                readable, _, _ = select.select(fds, [], [], 0.25)
+            except InterruptedError:
+                readable = []
+            if self._wake_r in readable:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            for p in list(self.procs.values()):
+                if p.status_fd in readable:
+                    self._read_status(p)
+            while self.signals:
+                signum = self.signals.popleft()
+                getattr(self, f"handle_{signal.Signals(signum).name.lower()}")()
+            self.reap()
+            if self.stopping:
+                break
+            self._check_workers()
+        return self._stop_all()
+
+    def _enqueue(self, sig: int, frame: FrameType | None) -> None:
+        self.signals.append(sig)
+
+    def handle_sigint(self) -> None:
+        log.info("SIGINT: stopping")
+        self.stopping = True
+
+    def handle_sigterm(self) -> None:
+        log.info("SIGTERM: stopping")
+        self.stopping = True
+
+    def handle_sighup(self) -> None:
+        log.info("SIGHUP: rolling restart of %d workers", self.n)
+        for slot in range(self.n):
+            if slot not in self.restart_queue and slot not in self.replacing:
+                self.restart_queue.append(slot)
+        self._next_restart()
+
+    def handle_sigchld(self) -> None:
+        pass  # reap() runs on every wake-up
+
+    # --- workers ------------------------------------------------------------------------------------
+
+    def spawn(self, slot: int, endpoint: int) -> WorkerProc:
+        r, w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                os.close(r)
+                signal.set_wakeup_fd(-1)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                for p in self.procs.values():
+                    os.close(p.status_fd)
+                for ep, socks in self.mesh.items():
+                    if ep != endpoint:
+                        for s in socks.values():
+                            s.close()
+                code = worker_main(self.cfg, slot, endpoint, self.mesh[endpoint], w, self.node)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(w)
+        os.set_blocking(r, False)
+        now = time.monotonic()
+        proc = WorkerProc(slot, endpoint, pid, r, now, last_beat=now)
+        self.procs[pid] = proc
+        self.slots[slot] = proc
+        log.debug("spawned worker %d pid %d (bus endpoint %d)", slot, pid, endpoint)
+        return proc
+
+    def _read_status(self, p: WorkerProc) -> None:
+        try:
+            data = os.read(p.status_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return
+        p.buf += data
+        while p.buf:
+            c = p.buf[:1]
+            if c == b"E":
+                line, nl, rest = p.buf[1:].partition(b"\n")
+                if not nl:
+                    return
+                p.boot_error = line.decode(errors="replace")
+                p.buf = rest
+                continue
+            p.buf = p.buf[1:]
+            if c == b"R":
+                p.ready = True
+                p.last_beat = time.monotonic()
+                self._on_ready(p)
+            elif c == b"H":
+                p.last_beat = time.monotonic()
+
+    def _on_ready(self, p: WorkerProc) -> None:
+        old = self.replacing.pop(p.slot, None)
+        if old is not None and old.pid in self.procs:
+            log.info("worker %d: new pid %d ready, retiring pid %d", p.slot, p.pid, old.pid)
+            old.retiring = True
+            _kill(old.pid, signal.SIGHUP)
+        if not self.announced and all(s.ready for s in self.slots.values()) and len(self.slots) == self.n:
+            self.announced = True
+            print(f"fanwire: ready, {self.n} workers on {self.cfg.url} (supervisor pid {os.getpid()})",
+                  flush=True)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            p = self.procs.pop(pid, None)
+            if p is None:
+                continue
+            self._read_status(p)
+            os.close(p.status_fd)
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+                how = f"killed by signal {signal.Signals(sig).name}"
+                if sig == signal.SIGKILL and not self.stopping:
+                    how += " (perhaps out of memory?)"
+                code = -sig
+            else:
+                code = os.WEXITSTATUS(status)
+                how = f"exited with code {code}"
+            if self.stopping:
+                log.info("worker %d pid %d %s", p.slot, pid, how)
+                continue
+            if p.retiring:
+                log.info("worker %d pid %d retired (%s)", p.slot, pid, how)
+                self.free_endpoints.add(p.endpoint)
+                self._next_restart()
+                continue
+            if code == EXIT_BOOT or not p.ready:
+                reason = p.boot_error or how
+                print(f"fanwire: error: worker {p.slot} failed to boot: {reason}; stopping", file=sys.stderr,
+                      flush=True)
+                self.exit_code = 1
+                self.stopping = True
+                continue
+            log.warning("worker %d pid %d %s; restarting it", p.slot, pid, how)
+            history = [t for t in self.crashes.get(p.slot, []) if time.monotonic() - t < CRASH_WINDOW_S]
+            history.append(time.monotonic())
+            self.crashes[p.slot] = history
+            if len(history) > CRASH_LIMIT:
+                print(f"fanwire: error: worker {p.slot} crashed {len(history)} times in {CRASH_WINDOW_S:.0f}s;"
+                      " stopping", file=sys.stderr, flush=True)
+                self.exit_code = 1
+                self.stopping = True
+                continue
+            if self.slots.get(p.slot) is p:
+                self.spawn(p.slot, p.endpoint)
+            else:
+                self.free_endpoints.add(p.endpoint)
+
+    def _next_restart(self) -> None:
+        if self.replacing or self.stopping or not self.restart_queue or not self.free_endpoints:
+            return
+        slot = self.restart_queue.popleft()
+        old = self.slots.get(slot)
+        endpoint = self.free_endpoints.pop()
+        if old is not None:
+            self.replacing[slot] = old
+        self.spawn(slot, endpoint)
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for p in list(self.procs.values()):
+            if not p.ready and now - p.started > self.cfg.worker_boot_timeout:
+                log.error("worker %d pid %d not ready after %.0fs; killing it", p.slot, p.pid,
+                          self.cfg.worker_boot_timeout)
+                p.boot_error = f"not ready after {self.cfg.worker_boot_timeout:.0f}s"
+                _kill(p.pid, signal.SIGKILL)
+            elif p.ready and not p.retiring and now - p.last_beat > self.cfg.worker_liveness_timeout:
+                log.error("worker %d pid %d unresponsive for %.0fs; killing it", p.slot, p.pid,
+                          now - p.last_beat)
+                _kill(p.pid, signal.SIGKILL)
+
+    def _stop_all(self) -> int:
+        for p in self.procs.values():
+            _kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.shutdown_timeout + 2.0
+        while self.procs and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.02)
+        for p in list(self.procs.values()):
+            log.warning("worker %d pid %d did not stop in time; killing it", p.slot, p.pid)
+            _kill(p.pid, signal.SIGKILL)
+        while self.procs:
+            self.reap()
+            time.sleep(0.01)
+        log.info("supervisor stopped")
+        return self.exit_code
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
