@@ -12,6 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from websockets.exceptions import InvalidMessage
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -36,6 +37,9 @@ _monotonic = time.monotonic
 _time = time.time
 
 ws_logger = logging.getLogger("fanwire.ws")
+
+BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               b"Content-Length: 25\r\n\r\nmalformed HTTP request.\r\n")
 
 
 class Conn(Session, asyncio.Protocol):
@@ -132,6 +136,9 @@ class Conn(Session, asyncio.Protocol):
                 if data:
                     push(self, data)
                 else:
+                    if not self.is_open and isinstance(self.proto.handshake_exc, InvalidMessage):
+                        push(self, BAD_REQUEST)  # websockets just closes; tell the client why
+                        self.app.metrics.inc(self.app.metrics.handshakes_failed, 400)  # type: ignore[arg-type]
                     self.eof = True
                     if self.out is None:
                         push(self, b"")

@@ -1,0 +1,322 @@
+"""``python -m client chat``: an interactive chat, also usable with piped input.
+
+Lines are read by a thread (``input()`` with readline on a terminal, ``readline()`` otherwise) and handled
+one at a time, in order, on the event loop; ``/ping``, ``/stats``, ``/join`` and ``/leave`` wait for their
+answer before the next line is read. On a terminal, incoming messages are printed *above* the prompt: the
+line is cleared, the message printed, then the prompt and the text typed so far are redrawn, so what is
+being typed is never garbled. At ``/exit`` or end of input the command waits (at most ``--wait`` seconds)
+until its own chats and broadcasts have come back and the client is connected, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from . import protocol
+from .aio import AsyncClient, State
+from .errors import ClientError, ServerError
+
+__all__ = ["HELP", "Console", "format_message", "format_stats", "run_chat"]
+
+HELP = """commands:
+  <text>              send a chat message to the current room
+  /broadcast <text>   send to every connected client
+  /ping               measure the round-trip time
+  /join <room>        join a room (it becomes the current room)
+  /leave <room>       leave a room
+  /stats              server statistics
+  /nick <name>        change your user name
+  /help               this help
+  /exit               quit (also end of input, Ctrl-D)
+  //text              send a chat message that starts with '/'"""
+
+PROMPT = "> "
+
+
+def _who(msg: dict[str, Any]) -> str:
+    user, sender = msg.get("user"), msg.get("from")
+    return str(user) if user else str(sender) if sender else "?"
+
+
+def format_message(msg: dict[str, Any]) -> str:
+    """One line for a message from the server, for humans."""
+    kind = msg.get("type")
+    if kind == "chat":
+        return f"[{msg.get('room', '?')}] {_who(msg)}: {msg.get('text', '')}"
+    if kind == "broadcast":
+        body = msg["text"] if "text" in msg else msg.get("data")
+        return f"[broadcast] {_who(msg)}: {body}"
+    if kind == "welcome":
+        return (
+            f"* connected as {msg.get('client_id')} to worker {msg.get('worker')} "
+            f"(codec {msg.get('codec')}, protocol {msg.get('protocol')}); rooms: {', '.join(msg.get('rooms', []))}"
+        )
+    if kind == "joined":
+        return f"* joined {msg.get('room')}; rooms: {', '.join(msg.get('rooms', []))}"
+    if kind == "left":
+        return f"* left {msg.get('room')}; rooms: {', '.join(msg.get('rooms', []))}"
+    if kind == "pong":
+        return "* pong"
+    if kind == "error":
+        return f"! error {msg.get('code')}: {msg.get('detail', '')}"
+    if kind == "stats":
+        return format_stats(msg)
+    return f"* {kind}: {msg}"
+
+
+def format_stats(msg: dict[str, Any], bullet: str = "* ") -> str:
+    """The ``stats`` message as a few lines, each starting with ``bullet``."""
+    rooms = msg.get("rooms") or {}
+    room_list = ", ".join(f"{k}={v}" for k, v in sorted(rooms.items())) if isinstance(rooms, dict) else str(rooms)
+    workers = msg.get("workers") or []
+    lines = [
+        f"{bullet}stats: {msg.get('clients')} clients on {len(workers)} workers, uptime {msg.get('uptime_s')} s"
+        + (" (partial)" if msg.get("partial") else ""),
+        f"{bullet}  rooms: {room_list or '-'}",
+    ]
+    for w in workers:
+        if isinstance(w, dict):
+            lines.append(
+                f"{bullet}  worker {w.get('id')} pid {w.get('pid')}: {w.get('clients')} clients, "
+                f"{w.get('messages_in')} in, {w.get('messages_out')} out"
+            )
+    you = msg.get("you")
+    if isinstance(you, dict):
+        lines.append(
+            f"{bullet}  you: {you.get('client_id')}, {you.get('messages_in')} in, {you.get('messages_out')} out, "
+            f"connected {you.get('connected_s')} s"
+        )
+    return "\n".join(lines)
+
+
+class Console:
+    """Prints lines without garbling a line being typed at a readline prompt.
+
+    On a terminal, while the reader thread sits in ``input()``, a line is printed by clearing the current
+    line (``\\r`` + erase), writing the text, then redrawing the prompt and readline's line buffer.
+    Elsewhere, lines are simply written and flushed.
+    """
+
+    def __init__(self, out: TextIO, interactive: bool) -> None:
+        self.out = out
+        self.interactive = interactive
+        self.prompt = PROMPT
+        self.prompting = False
+        self._lock = threading.Lock()
+        self._buffer: Callable[[], str] = lambda: ""
+        if interactive:
+            try:
+                import readline
+
+                self._buffer = readline.get_line_buffer
+            except ImportError:  # pragma: no cover - readline exists on the platforms we run on
+                pass
+
+    def print(self, text: str) -> None:
+        with self._lock:
+            if self.interactive and self.prompting:
+                self.out.write("\r\x1b[2K" + text + "\n" + self.prompt + self._buffer())
+            else:
+                self.out.write(text + "\n")
+            self.out.flush()
+
+    def read_line(self, stdin: TextIO) -> str | None:
+        """One line without its newline, or ``None`` at end of input. Called from the reader thread."""
+        if self.interactive:
+            with self._lock:
+                self.prompting = True
+            try:
+                return input(self.prompt)
+            except EOFError:
+                return None
+            finally:
+                with self._lock:
+                    self.prompting = False
+        line = stdin.readline()
+        return None if line == "" else line.rstrip("\r\n")
+
+
+@dataclass(slots=True)
+class _Echoes:
+    """Counts our own chats and broadcasts sent, and those that came back."""
+
+    my_ids: set[str] = field(default_factory=set)
+    expected: int = 0
+    received: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ChatSession:
+    def __init__(self, client: AsyncClient, console: Console, wait_s: float) -> None:
+        self.client = client
+        self.console = console
+        self.wait_s = wait_s
+        self.echoes = _Echoes()
+        self.closed = asyncio.Event()
+        self.was_connected = False
+        client.set_message_callback(self._on_message)
+        client.on_state_change(self._on_state)
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "welcome":
+            cid = msg.get("client_id")
+            if isinstance(cid, str):
+                self.echoes.my_ids.add(cid)
+        if kind in ("chat", "broadcast") and msg.get("from") in self.echoes.my_ids:
+            self.echoes.received += 1
+            self.echoes.changed.set()
+        if kind in protocol.REPLY_TYPES and "id" in msg:
+            return  # an answer to one of our commands: the command prints it
+        self.console.print(format_message(msg))
+
+    def _on_state(self, state: State, error: ClientError | None) -> None:
+        if state is State.RECONNECTING:
+            self.console.print(f"* reconnecting... ({error})")
+        elif state is State.CONNECTED and self.was_connected:
+            self.console.print(f"* reconnected; rooms: {', '.join(self.client.rooms)}")
+        elif state is State.CLOSED and error is not None:
+            self.console.print(f"! connection closed: {error}; not reconnecting")
+        if state is State.CONNECTED:
+            self.was_connected = True
+        if state is State.CLOSED:
+            self.closed.set()
+        self.echoes.changed.set()
+
+    async def handle(self, line: str) -> bool:
+        """Handle one input line; False means exit."""
+        line = line.strip()
+        if not line:
+            return True
+        if line.startswith("//") or not line.startswith("/"):
+            await self._chat(line[1:] if line.startswith("//") else line)
+            return True
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        c = self.client
+        try:
+            if cmd in ("/exit", "/quit"):
+                return False
+            elif cmd == "/help":
+                self.console.print(HELP)
+            elif cmd == "/ping":
+                self.console.print(f"* pong: {await c.ping():.2f} ms")
+            elif cmd == "/stats":
+                self.console.print(format_stats(await c.get_stats()))
+            elif cmd in ("/join", "/leave") and not arg:
+                self.console.print(f"! usage: {cmd} <room>")
+            elif cmd == "/join":
+                self.console.print(f"* joined {arg}; rooms: {', '.join(await c.join(arg))}")
+            elif cmd == "/leave":
+                self.console.print(f"* left {arg}; rooms: {', '.join(await c.leave(arg))}")
+            elif cmd == "/nick":
+                protocol.chat("x", user=arg)  # validates
+                c.user = arg
+                self.console.print(f"* you are now {arg}")
+            elif cmd == "/broadcast":
+                if not arg:
+                    self.console.print("! usage: /broadcast <text>")
+                else:
+                    await c.send_broadcast(arg)
+                    self.echoes.expected += 1
+            else:
+                self.console.print(f"! unknown command {cmd}; /help lists the commands")
+        except ServerError as exc:
+            self.console.print(f"! error {exc.code}: {exc.detail}")
+        except (ClientError, ValueError) as exc:
+            self.console.print(f"! {cmd}: {exc}")
+        return True
+
+    async def _chat(self, text: str) -> None:
+        try:
+            await self.client.send_chat_message(text)
+        except (ClientError, ValueError) as exc:
+            self.console.print(f"! not sent: {exc}")
+            return
+        if self.client.rooms:  # we are in the current room, so the server sends it back to us
+            self.echoes.expected += 1
+
+    async def drain(self) -> None:
+        """Wait, at most ``wait_s``, until we are connected and our own messages have come back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        ev = self.echoes
+        while loop.time() < deadline and self.client.state is not State.CLOSED:
+            if self.client.state is State.CONNECTED and ev.received >= ev.expected:
+                return
+            ev.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.changed.wait(), deadline - loop.time())
+        if ev.received < ev.expected:
+            self.console.print(f"! {ev.expected - ev.received} of your messages did not come back in time")
+
+
+async def run_chat(
+    url: str,
+    codec: str,
+    user: str | None,
+    room: str | None = None,
+    wait_s: float = 5.0,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    interactive = stdin.isatty() and stdout.isatty()
+    console = Console(stdout, interactive)
+    client = AsyncClient(url, codec, user=user, request_timeout=wait_s, inbox_size=0)
+    session = ChatSession(client, console, wait_s)
+    try:
+        await client.connect()
+    except ClientError as exc:
+        print(f"chat: cannot connect to {url}: {exc}", file=sys.stderr)
+        return 1
+    if interactive:
+        console.print("type /help for the commands, /exit to quit")
+    if room:
+        await session.handle(f"/join {room}")
+
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    next_line = threading.Event()
+
+    def reader() -> None:
+        while True:
+            try:
+                line = console.read_line(stdin)
+            except (OSError, ValueError, KeyboardInterrupt):
+                line = None
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+            if line is None:
+                return
+            next_line.wait()
+            next_line.clear()
+
+    threading.Thread(target=reader, name="fanwire-chat-stdin", daemon=True).start()
+    status = 0
+    closed = asyncio.ensure_future(session.closed.wait())
+    try:
+        while True:
+            get = asyncio.ensure_future(lines.get())
+            await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                status = 1
+                break
+            line = get.result()
+            if line is None or not await session.handle(line):
+                await session.drain()
+                break
+            next_line.set()
+    finally:
+        closed.cancel()
+        if client.state is State.CLOSED and client.closed_reason is not None:
+            status = 1
+        await client.disconnect()
+    return status

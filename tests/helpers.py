@@ -1,0 +1,292 @@
+"""Test helpers: real server processes on 127.0.0.1 and random free ports, and small WebSocket utilities.
+
+``FANWIRE_TEST_TIMESCALE`` (default 1) multiplies every timeout here, for slow machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TIMESCALE = float(os.environ.get("FANWIRE_TEST_TIMESCALE", "1"))
+
+
+def T(seconds: float) -> float:
+    """A timeout, scaled for slow machines."""
+    return seconds * TIMESCALE
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free right now (for SO_REUSEPORT servers, which cannot bind port 0 as a group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+_WORKER_RE = re.compile(r"fanwire: worker (\d+) pid (\d+) listening")
+
+
+class ServerProcess:
+    """``python -m server`` as a real child process.
+
+    ``start()`` waits for the ``fanwire: ready`` line. ``stop()`` sends SIGTERM and returns the exit code.
+    ``worker_pids()`` maps worker id to the pid of its current process (from the workers' ready lines).
+    """
+
+    def __init__(self, workers: int = 2, port: int | None = None, extra_args: Sequence[str] = (),
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
+        self.workers = workers
+        self.host = host
+        self.port = port or free_port(host)
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.err_lines: list[str] = []
+        self._pids: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def args(self) -> list[str]:
+        return [PYTHON, "-m", "server", "--host", self.host, "--port", str(self.port), "--workers",
+                str(self.workers), *self.extra_args]
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> ServerProcess:
+        self._ready.clear()
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.env:
+            env.update(self.env)
+        self.proc = subprocess.Popen(self.args(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, start_new_session=True)
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines, True), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.err_lines, False), daemon=True).start()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def _read(self, stream: Any, sink: list[str], is_stdout: bool) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            with self._lock:
+                sink.append(line)
+                m = _WORKER_RE.search(line)
+                if m:
+                    self._pids[int(m.group(1))] = int(m.group(2))
+            if line.startswith("fanwire: ready"):
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + T(timeout)
+        while not self._ready.wait(0.05):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready in {timeout}s:\n{self.output()}")
+
+    def worker_pids(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._pids)
+
+    def wait_worker_replaced(self, worker: int, old_pid: int, timeout: float = 5.0) -> int:
+        deadline = time.monotonic() + T(timeout)
+        while time.monotonic() < deadline:
+            pid = self.worker_pids().get(worker)
+            if pid and pid != old_pid:
+                return pid
+            time.sleep(0.01)
+        raise TimeoutError(f"worker {worker} not replaced:\n{self.output()}")
+
+    def output(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines + ["--- stderr ---"] + self.err_lines[-80:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(T(timeout))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and its workers (only processes this object started)."""
+        if self.proc is None:
+            return
+        pids = list(self.worker_pids().values())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.wait(5)
+
+    def __enter__(self) -> ServerProcess:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.stop()
+        finally:
+            self.kill()
+
+
+@contextlib.contextmanager
+def running_server(**kwargs: Any) -> Iterator[ServerProcess]:
+    srv = ServerProcess(**kwargs)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.__exit__()
+
+
+# --- WebSocket helpers --------------------------------------------------------------------------------
+
+SUBPROTOCOL = {"json": "fanwire.json", "msgpack": "fanwire.msgpack"}
+
+
+async def connect(url: str, codec: str = "json", **kwargs: Any) -> ClientConnection:
+    """Open a connection with the codec's subprotocol ("none" offers none) and read the welcome."""
+    subprotocols = [SUBPROTOCOL[codec]] if codec in SUBPROTOCOL else None
+    ws = await websockets.connect(url, subprotocols=subprotocols, open_timeout=T(10), max_size=None,
+                                  **kwargs)  # type: ignore[arg-type]
+    welcome = await recv(ws)
+    assert welcome["type"] == "welcome", welcome
+    ws.welcome = welcome  # type: ignore[attr-defined]
+    return ws
+
+
+def decode(data: str | bytes) -> Any:
+    if isinstance(data, str):
+        return json.loads(data)
+    return msgpack.unpackb(data, raw=False)
+
+
+def encode(ws: ClientConnection, msg: Any) -> str | bytes:
+    if ws.subprotocol == "fanwire.msgpack":
+        return msgpack.packb(msg, use_bin_type=True)  # type: ignore[no-any-return]
+    return json.dumps(msg)
+
+
+async def send(ws: ClientConnection, msg: Any) -> None:
+    await ws.send(encode(ws, msg))
+
+
+async def recv(ws: ClientConnection, timeout: float = 5.0) -> Any:
+    return decode(await asyncio.wait_for(ws.recv(), T(timeout)))
+
+
+async def recv_until(ws: ClientConnection, pred: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+    """The first message matching ``pred`` (others are skipped)."""
+    deadline = time.monotonic() + T(timeout)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no matching message")
+        msg = decode(await asyncio.wait_for(ws.recv(), left))
+        if pred(msg):
+            return msg
+
+
+async def request(ws: ClientConnection, msg: dict[str, Any], timeout: float = 5.0) -> Any:
+    """Send a message with a fresh id and return the reply carrying that id."""
+    request.counter += 1  # type: ignore[attr-defined]
+    mid = request.counter  # type: ignore[attr-defined]
+    await send(ws, {**msg, "id": mid})
+    return await recv_until(ws, lambda m: isinstance(m, dict) and m.get("id") == mid, timeout)
+
+
+request.counter = 0  # type: ignore[attr-defined]
+
+
+async def connect_spread(url: str, n_workers: int, per_worker: int = 1, codec: str = "json",
+                         max_tries: int = 200) -> dict[int, list[ClientConnection]]:
+    """Open connections until each worker holds at least ``per_worker`` (SO_REUSEPORT spreads them)."""
+    by_worker: dict[int, list[ClientConnection]] = {}
+    extra: list[ClientConnection] = []
+    for _ in range(max_tries):
+        if len(by_worker) == n_workers and all(len(v) >= per_worker for v in by_worker.values()):
+            break
+        ws = await connect(url, codec)
+        w = ws.welcome["worker"]  # type: ignore[attr-defined]
+        if len(by_worker.get(w, [])) < per_worker:
+            by_worker.setdefault(w, []).append(ws)
+        else:
+            extra.append(ws)
+    for ws in extra:
+        await ws.close()
+    assert len(by_worker) == n_workers, f"connections reached only workers {sorted(by_worker)}"
+    return by_worker
+
+
+def http_get(port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0,
+             raw: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 request over a socket; returns (status, headers, body)."""
+    with socket.create_connection((host, port), timeout=T(timeout)) as s:
+        s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def proc_fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))

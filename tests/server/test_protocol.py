@@ -1,0 +1,179 @@
+"""The pure message protocol, without sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+
+from server import codecs
+from server.protocol import (
+    Publish,
+    QueryStats,
+    Reply,
+    Session,
+    Subscribe,
+    Unsubscribe,
+    handle,
+    handle_payload,
+)
+
+NOW = 1_700_000_000_000
+
+
+def run(session: Session, msg: Any, max_rooms: int = 64) -> list[Any]:
+    _, actions = handle_payload(session, orjson.dumps(msg), NOW, max_rooms)
+    return actions
+
+
+def error_code(actions: list[Any]) -> str:
+    assert len(actions) == 1 and isinstance(actions[0], Reply), actions
+    assert actions[0].msg["type"] == "error", actions[0].msg
+    return str(actions[0].msg["code"])
+
+
+def test_ping_echoes_ts_and_id() -> None:
+    s = Session("0-1")
+    [reply] = run(s, {"type": "ping", "ts": {"any": [1, 2]}, "id": 7})
+    assert isinstance(reply, Reply)
+    assert reply.msg == {"type": "pong", "ts": {"any": [1, 2]}, "server_ts": NOW, "id": 7}
+
+
+def test_ping_without_ts_has_no_ts() -> None:
+    [reply] = run(Session("0-1"), {"type": "ping"})
+    assert isinstance(reply, Reply) and "ts" not in reply.msg and reply.msg["server_ts"] == NOW
+
+
+def test_chat_goes_to_current_room_with_sender_fields() -> None:
+    s = Session("0-1")
+    [pub] = run(s, {"type": "chat", "text": "hi", "user": "alice", "extra": "ignored"})
+    assert isinstance(pub, Publish)
+    assert pub.room == "lobby"
+    assert pub.msg == {"type": "chat", "from": "0-1", "user": "alice", "room": "lobby", "text": "hi", "ts": NOW}
+    # the user name sticks
+    [pub2] = run(s, {"type": "chat", "text": "again"})
+    assert isinstance(pub2, Publish) and pub2.msg["user"] == "alice"
+
+
+def test_chat_explicit_room_and_current_room_follows_joins() -> None:
+    s = Session("0-1")
+    acts = run(s, {"type": "join", "room": "games"})
+    assert [type(a) for a in acts] == [Subscribe, Reply]
+    assert acts[1].msg == {"type": "joined", "room": "games", "rooms": ["lobby", "games"]}
+    [pub] = run(s, {"type": "chat", "text": "x"})
+    assert isinstance(pub, Publish) and pub.room == "games"
+    [pub] = run(s, {"type": "chat", "text": "x", "room": "elsewhere"})
+    assert isinstance(pub, Publish) and pub.room == "elsewhere"
+    acts = run(s, {"type": "leave", "room": "games", "id": "a"})
+    assert isinstance(acts[0], Unsubscribe) and acts[0].room == "games"
+    assert acts[1].msg == {"type": "left", "room": "games", "rooms": ["lobby"], "id": "a"}
+    [pub] = run(s, {"type": "chat", "text": "x"})
+    assert isinstance(pub, Publish) and pub.room == "lobby"
+
+
+def test_join_twice_does_not_subscribe_twice() -> None:
+    s = Session("0-1")
+    run(s, {"type": "join", "room": "a"})
+    acts = run(s, {"type": "join", "room": "lobby"})
+    assert [type(a) for a in acts] == [Reply]
+    assert s.rooms == ["a", "lobby"]
+
+
+def test_room_errors() -> None:
+    s = Session("0-1")
+    assert error_code(run(s, {"type": "join", "room": ""})) == "bad_room"
+    assert error_code(run(s, {"type": "join", "room": "x" * 129})) == "bad_room"
+    assert error_code(run(s, {"type": "join", "room": 5})) == "bad_room"
+    assert error_code(run(s, {"type": "join"})) == "bad_room"
+    assert error_code(run(s, {"type": "leave", "room": "nope"})) == "not_in_room"
+    assert error_code(run(Session("0-2"), {"type": "join", "room": "b"}, max_rooms=1)) == "too_many_rooms"
+    run(s, {"type": "leave", "room": "lobby"})
+    assert error_code(run(s, {"type": "chat", "text": "alone"})) == "no_room"
+
+
+def test_broadcast_text_or_data() -> None:
+    [pub] = run(Session("0-1"), {"type": "broadcast", "text": "all"})
+    assert isinstance(pub, Publish) and pub.room is None
+    assert pub.msg == {"type": "broadcast", "from": "0-1", "text": "all", "user": None, "ts": NOW}
+    [pub] = run(Session("0-1"), {"type": "broadcast", "data": {"k": [1, None]}})
+    assert isinstance(pub, Publish) and pub.msg["data"] == {"k": [1, None]}
+    assert error_code(run(Session("0-1"), {"type": "broadcast"})) == "bad_message"
+
+
+def test_get_stats_and_unknown_action() -> None:
+    [q] = run(Session("0-1"), {"type": "custom", "action": "get_stats", "data": {"k": "v"}, "id": 3})
+    assert isinstance(q, QueryStats) and q.id == 3 and q.data == {"k": "v"}
+    assert error_code(run(Session("0-1"), {"type": "custom", "action": "nope"})) == "unknown_action"
+    assert error_code(run(Session("0-1"), {"type": "custom"})) == "bad_message"
+
+
+@pytest.mark.parametrize(
+    ("msg", "code"),
+    [
+        ([1, 2], "bad_message"),
+        ("text", "bad_message"),
+        ({"no": "type"}, "bad_message"),
+        ({"type": 5}, "bad_message"),
+        ({"type": "dance"}, "unknown_type"),
+        ({"type": "chat"}, "bad_message"),
+        ({"type": "chat", "text": 5}, "bad_message"),
+        ({"type": "chat", "text": "x", "user": ""}, "bad_message"),
+        ({"type": "chat", "text": "x", "user": 3}, "bad_message"),
+        ({"type": "ping", "id": [1]}, "bad_message"),
+    ],
+)
+def test_invalid_messages(msg: Any, code: str) -> None:
+    assert error_code(run(Session("0-1"), msg)) == code
+
+
+def test_error_echoes_id() -> None:
+    _, [reply] = handle_payload(Session("0-1"), orjson.dumps({"type": "nope", "id": "q1"}), NOW)
+    assert isinstance(reply, Reply) and reply.msg["id"] == "q1" and reply.msg["code"] == "unknown_type"
+
+
+def test_malformed_payloads() -> None:
+    for payload in (b"{bad", b"", b"\xff\xfe", b'{"type":"ping"} trailing'):
+        label, [reply] = handle_payload(Session("0-1"), payload, NOW)
+        assert label == "invalid"
+        assert isinstance(reply, Reply) and reply.msg["code"] == "bad_encoding"
+    s = Session("0-1", codecs.MSGPACK)
+    for payload in (b"\xc1", msgpack.packb({"type": "ping"}) + b"\x00", b"\x81"):
+        _, [reply] = handle_payload(s, payload, NOW)
+        assert isinstance(reply, Reply) and reply.msg["code"] == "bad_encoding", payload
+
+
+def test_msgpack_session_decodes_msgpack() -> None:
+    s = Session("0-1", codecs.MSGPACK)
+    label, [reply] = handle_payload(s, msgpack.packb({"type": "ping", "ts": 5}), NOW)
+    assert label == "ping" and isinstance(reply, Reply) and reply.msg["ts"] == 5
+
+
+def test_handle_rejects_non_dict_directly() -> None:
+    from server.errors import BadMessage
+
+    with pytest.raises(BadMessage):
+        handle(Session("x"), ["type", "ping"], NOW)
+
+
+def test_policy_forbids() -> None:
+    from server.protocol import Policy
+
+    class NoGames(Policy):
+        def may_join(self, session: Session, room: str) -> bool:
+            return room != "games"
+
+        def may_publish(self, session: Session, room: str) -> bool:
+            return room != "games"
+
+        def may_broadcast(self, session: Session) -> bool:
+            return False
+
+    p = NoGames()
+    s = Session("0-1")
+    for msg in ({"type": "join", "room": "games"}, {"type": "chat", "text": "x", "room": "games"},
+                {"type": "broadcast", "text": "x"}):
+        _, acts = handle_payload(s, orjson.dumps(msg), NOW, 64, p)
+        assert error_code(acts) == "forbidden"
+    assert s.rooms == ["lobby"]
