@@ -127,7 +127,9 @@ class AsyncClient:
       unlimited attempts), ``stable_after`` (a connection that lived this long resets the backoff).
     * timeouts: ``open_timeout`` (TCP + handshake + welcome), ``request_timeout`` (default for
       requests), ``ping_interval`` / ``ping_timeout`` (WebSocket keepalive: a dead server is detected
-      within ``ping_interval + ping_timeout`` seconds; ``None`` disables).
+      within ``ping_interval + ping_timeout + close_timeout`` seconds, 21 s by default; ``None``
+      disables), ``close_timeout`` (how long a closing handshake may take before the TCP connection
+      is dropped).
     * limits: ``max_pending`` (messages queued while reconnecting), ``inbox_size`` (messages buffered
       for ``async for``; the oldest is dropped when full and counted in :attr:`dropped`; 0 disables),
       ``max_size`` (largest incoming message).
@@ -150,7 +152,7 @@ class AsyncClient:
         request_timeout: float = 5.0,
         ping_interval: float | None = 10.0,
         ping_timeout: float | None = 10.0,
-        close_timeout: float = 2.0,
+        close_timeout: float = 1.0,
         # Limits
         max_pending: int = 1000,
         inbox_size: int = 1024,

@@ -290,3 +290,104 @@ def proc_rss_kb(pid: int) -> int:
 
 def proc_fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --- raw WebSocket clients (for misbehaving peers) -------------------------------------------------------
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+)
+
+
+def raw_connect(port: int, host: str = "127.0.0.1", rcvbuf: int | None = None, path: str = "/",
+                extra_headers: str = "", timeout: float = 5.0) -> tuple[socket.socket, bytes]:
+    """A TCP socket that completed the WebSocket handshake by hand; returns it and any bytes after the
+    response headers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(T(timeout))
+    s.connect((host, port))
+    s.sendall(HANDSHAKE.format(path=path, extra=extra_headers).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed during handshake: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(f"handshake refused: {head!r}")
+    return s, rest
+
+
+def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, rsv: int = 0,
+               length_override: int | None = None) -> bytes:
+    """A client frame (masked unless told otherwise), optionally lying about its length."""
+    import struct
+
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload) if length_override is None else length_override
+    mbit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, mbit | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class FrameReader:
+    """Reads unmasked server frames from a raw socket."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
+        self.sock = sock
+        self.buf = buffered
+
+    def _need(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buf += chunk
+
+    def read(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the next frame."""
+        import struct
+
+        self._need(2)
+        b0, b1 = self.buf[0], self.buf[1]
+        n = b1 & 0x7F
+        pos = 2
+        if n == 126:
+            self._need(4)
+            n = struct.unpack("!H", self.buf[2:4])[0]
+            pos = 4
+        elif n == 127:
+            self._need(10)
+            n = struct.unpack("!Q", self.buf[2:10])[0]
+            pos = 10
+        self._need(pos + n)
+        payload = self.buf[pos : pos + n]
+        self.buf = self.buf[pos + n :]
+        return b0 & 0x0F, payload
+
+    def read_until_close(self, timeout: float = 5.0) -> tuple[int | None, list[tuple[int, bytes]]]:
+        """Read frames until a close frame; returns (close code or None on EOF, frames before it)."""
+        import struct
+
+        self.sock.settimeout(T(timeout))
+        seen = []
+        while True:
+            try:
+                op, payload = self.read()
+            except (EOFError, ConnectionResetError):
+                return None, seen
+            if op == 0x8:
+                return (struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005), seen
+            seen.append((op, payload))

@@ -1,0 +1,73 @@
+"""One exception root, distinct documented types, one retry policy."""
+
+from __future__ import annotations
+
+import pytest
+
+import client
+from client import errors
+
+pytestmark = pytest.mark.timeout(30)
+
+ALL = [
+    errors.ConnectError, errors.ConnectionRefused, errors.HandshakeRejected, errors.ConnectTimeout,
+    errors.ClientTimeout, errors.RequestTimeout, errors.ServerError, errors.ConnectionLost,
+    errors.FatalClose, errors.NotConnected, errors.SendQueueFull,
+]
+
+
+def test_everything_derives_from_one_root_and_is_exported() -> None:
+    for cls in ALL:
+        assert issubclass(cls, errors.ClientError)
+        assert getattr(client, cls.__name__) is cls
+        assert cls.__name__ in (errors.__doc__ or ""), f"{cls.__name__} missing from the tree in the docstring"
+
+
+def test_the_four_required_kinds_are_distinct() -> None:
+    refused, rejected, server, timeout = (
+        errors.ConnectionRefused, errors.HandshakeRejected, errors.ServerError, errors.ClientTimeout
+    )
+    kinds = [refused, rejected, server, timeout]
+    for a in kinds:
+        for b in kinds:
+            assert (a is b) == issubclass(a, b), (a, b)
+
+
+def test_timeouts_are_builtin_timeouts_too() -> None:
+    assert issubclass(errors.ConnectTimeout, TimeoutError)
+    assert issubclass(errors.RequestTimeout, TimeoutError)
+    assert issubclass(errors.ConnectTimeout, errors.ConnectError)
+
+
+def test_server_error_carries_code_detail_and_reply() -> None:
+    reply = {"type": "error", "code": "bad_room", "detail": "too long", "id": 3}
+    exc = errors.ServerError("bad_room", "too long", reply)
+    assert (exc.code, exc.detail, exc.reply) == ("bad_room", "too long", reply)
+    assert str(exc) == "bad_room: too long"
+
+
+@pytest.mark.parametrize("code", [1002, 1007, 1008, 1009])
+def test_do_not_retry_close_codes(code: int) -> None:
+    assert not errors.close_is_retryable(code)
+    assert not errors.is_retryable(errors.ConnectionLost(code))
+
+
+@pytest.mark.parametrize("code", [None, 1000, 1001, 1006, 1011, 1012, 1013, 4000])
+def test_retry_close_codes(code: int | None) -> None:
+    assert errors.close_is_retryable(code)
+    if code is not None:
+        assert errors.is_retryable(errors.ConnectionLost(code))
+
+
+@pytest.mark.parametrize(("status", "retry"), [(401, False), (403, False), (400, False), (404, False),
+                                                (429, True), (500, True), (503, True), (None, False)])
+def test_handshake_statuses(status: int | None, retry: bool) -> None:
+    assert errors.is_retryable(errors.HandshakeRejected("x", status)) is retry
+
+
+def test_other_classifications() -> None:
+    assert errors.is_retryable(errors.ConnectionRefused("x"))
+    assert errors.is_retryable(errors.ConnectTimeout("x"))
+    assert not errors.is_retryable(errors.FatalClose(1000))  # FatalClose is fatal whatever its code
+    assert not errors.is_retryable(errors.ServerError("bad_message"))
+    assert errors.is_retryable(ConnectionResetError())
