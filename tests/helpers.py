@@ -130,7 +130,7 @@ class ServerProcess:
 
     def output(self) -> str:
         with self._lock:
-            return "\n".join(self.lines + ["--- stderr ---"] + self.err_lines[-80:])
+            return "\n".join([*self.lines, "--- stderr ---", *self.err_lines[-80:]])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc is None:
