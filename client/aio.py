@@ -470,7 +470,9 @@ class AsyncClient:
                 )
                 codec = protocol.codec_for_subprotocol(ws.subprotocol)
                 raw = await ws.recv(decode=False)
-        except ClientError:
+        except asyncio.CancelledError:
+            if ws is not None:
+                ws.transport.abort()
             raise
         except TimeoutError:
             if ws is not None:

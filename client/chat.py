@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import termios
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -269,6 +270,35 @@ async def run_chat(
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
+    with _terminal_restored(stdin if interactive else None):
+        return await _chat(url, codec, user, room, wait_s, stdin, stdout, interactive)
+
+
+@contextlib.contextmanager
+def _terminal_restored(stdin: TextIO | None) -> Iterator[None]:
+    """Put the terminal back as it was: the reader thread may be left inside readline's input()."""
+    saved: list[Any] | None = None
+    if stdin is not None:
+        with contextlib.suppress(Exception):
+            saved = termios.tcgetattr(stdin.fileno())
+    try:
+        yield
+    finally:
+        if saved is not None and stdin is not None:
+            with contextlib.suppress(Exception):
+                termios.tcsetattr(stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+async def _chat(
+    url: str,
+    codec: str,
+    user: str | None,
+    room: str | None,
+    wait_s: float,
+    stdin: TextIO,
+    stdout: TextIO,
+    interactive: bool,
+) -> int:
     console = Console(stdout, interactive)
     client = AsyncClient(url, codec, user=user, request_timeout=wait_s, inbox_size=0)
     session = ChatSession(client, console, wait_s)

@@ -14,7 +14,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from tests.helpers import T, ServerProcess
+from tests.helpers import ServerProcess, T
 
 R = TypeVar("R")
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from client import Client
-from tests.helpers import ROOT, T, ServerProcess
+from tests.helpers import ROOT, ServerProcess, T
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,7 +75,7 @@ def test_chat_through_a_pipe_handles_lines_in_order_and_waits_for_answers(server
                 pos += 1
             assert pos < len(lines), (needle, p.stdout)
         wait_for(lambda: any(m["text"] == "last words" for m in seen), 5, "observer got the chat")
-        assert [m["text"] for m in seen if m.get("user") in ("alice", "bob")] == ["in games", "/slash", "last words"]
+        assert [m["text"] for m in seen if m.get("user") in ("alice", "bob")] == ["hello", "in games", "/slash", "last words"]
 
 
 def test_chat_keeps_working_across_a_server_restart() -> None:

@@ -22,7 +22,7 @@ from client import (
     State,
 )
 from tests.client.conftest import FakeServer, run
-from tests.helpers import T, ServerProcess
+from tests.helpers import ServerProcess, T
 
 pytestmark = pytest.mark.timeout(60)
 
