@@ -1,0 +1,1 @@
+"""fanwire benchmark harness: `python -m bench run`, `python -m bench charts`."""
