@@ -545,7 +545,11 @@ class AsyncClient:
             except asyncio.CancelledError:
                 reader.cancel()
                 raise
-            lost = await reader
+            try:
+                lost = await reader
+            except asyncio.CancelledError:
+                reader.cancel()
+                raise
             if self._closing or self._state is State.CLOSED:
                 return
             if time.monotonic() - conn.opened_at >= self.stable_after:

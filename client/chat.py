@@ -127,6 +127,14 @@ class Console:
                 self.out.write(text + "\n")
             self.out.flush()
 
+    def end(self) -> None:
+        """Leave the terminal on a fresh line if a prompt is showing."""
+        with self._lock:
+            if self.interactive and self.prompting:
+                self.out.write("\n")
+                self.out.flush()
+                self.prompting = False
+
     def read_line(self, stdin: TextIO) -> str | None:
         """One line without its newline, or ``None`` at end of input. Called from the reader thread."""
         if self.interactive:
@@ -349,4 +357,5 @@ async def _chat(
         if client.state is State.CLOSED and client.closed_reason is not None:
             status = 1
         await client.disconnect()
+        console.end()
     return status

@@ -19,7 +19,7 @@ from client import (
     ServerError,
     State,
 )
-from tests.client.conftest import FakeServer, run
+from tests.client.fakes import FakeServer, run
 from tests.helpers import ServerProcess, T, free_port
 
 pytestmark = pytest.mark.timeout(60)

@@ -21,7 +21,7 @@ from client import (
     SendQueueFull,
     State,
 )
-from tests.client.conftest import FakeServer, run
+from tests.client.fakes import FakeServer, run
 from tests.helpers import ServerProcess, T
 
 pytestmark = pytest.mark.timeout(60)
