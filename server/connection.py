@@ -84,32 +84,40 @@ class Conn(Session, asyncio.Protocol):
         proto.receive_data(data)
         events = proto.events_received()
         if events:
-            for ev in events:
-                if type(ev) is Frame:
-                    op = ev.opcode
-                    if op is OP_TEXT or op is OP_BINARY:
-                        if ev.fin:
-                            self.on_message(ev.data, op is OP_TEXT)  # type: ignore[arg-type]  # bytes at run time
-                        else:
-                            self.frag = [ev.data]  # type: ignore[list-item]
-                            self.frag_text = op is OP_TEXT
-                    elif op is OP_CONT:
-                        if self.frag is not None:
-                            self.frag.append(ev.data)  # type: ignore[arg-type]
-                            if ev.fin:
-                                whole = b"".join(self.frag)
-                                self.frag = None
-                                self.on_message(whole, self.frag_text)
-                    elif op is OP_PONG:
-                        self.ping_at = 0.0
-                    elif op is OP_CLOSE and self.closing is None:
-                        self.closing = "closed"
-                elif type(ev) is Request:
-                    self.app.on_request(self, ev)
+            try:
+                self.handle_events(events)
+            except Exception:  # a bug must cost one connection, never the worker
+                ws_logger.exception("internal error on connection %s", self.client_id or "(handshake)")
+                self.app.metrics.inc(self.app.metrics.errors, "internal_error")
+                self.fail(1011, "internal server error")
         self.drain()
         if proto.parser_exc is not None and self.closing is None:
             self.closing = "protocol_error"
             self.arm_abort()
+
+    def handle_events(self, events: list[Any]) -> None:
+        for ev in events:
+            if type(ev) is Frame:
+                op = ev.opcode
+                if op is OP_TEXT or op is OP_BINARY:
+                    if ev.fin:
+                        self.on_message(ev.data, op is OP_TEXT)  # type: ignore[arg-type]  # bytes at run time
+                    else:
+                        self.frag = [ev.data]  # type: ignore[list-item]
+                        self.frag_text = op is OP_TEXT
+                elif op is OP_CONT:
+                    if self.frag is not None:
+                        self.frag.append(ev.data)  # type: ignore[arg-type]
+                        if ev.fin:
+                            whole = b"".join(self.frag)
+                            self.frag = None
+                            self.on_message(whole, self.frag_text)
+                elif op is OP_PONG:
+                    self.ping_at = 0.0
+                elif op is OP_CLOSE and self.closing is None:
+                    self.closing = "closed"
+            elif type(ev) is Request:
+                self.app.on_request(self, ev)
 
     def eof_received(self) -> bool | None:
         self.proto.receive_eof()
@@ -142,20 +150,6 @@ class Conn(Session, asyncio.Protocol):
                     self.eof = True
                     if self.out is None:
                         push(self, b"")
-
-    def write_out(self, data: list[bytes]) -> None:
-        """Called by the hub once per tick with everything queued for this connection."""
-        t = self.transport
-        if t is None:
-            return
-        if len(data) == 1:
-            t.write(data[0])
-        else:
-            t.writelines(data)
-        if self.eof:
-            t.close()
-        elif self.closing is None and t.get_write_buffer_size() > self.app.cfg.max_queue:
-            self.overflow(t.get_write_buffer_size())
 
     def send_frame(self, frame: bytes) -> None:
         self.app.hub.push(self, frame)

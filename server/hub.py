@@ -29,7 +29,12 @@ class Sink(Protocol):
 
     def send_payload(self, payload: bytes) -> None: ...
 
-    def write_out(self, data: list[bytes]) -> None: ...
+    @property
+    def transport(self) -> asyncio.WriteTransport | None: ...
+
+    eof: bool  # close the transport after the next write
+
+    def overflow(self, queued: int) -> None: ...
 
 
 S = TypeVar("S", bound=Sink)
@@ -92,13 +97,26 @@ class Hub(Generic[S]):
             out.append(data)
 
     def flush(self) -> None:
+        """Write everything queued this tick: one write per connection (inlined: it is the hot path)."""
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
+        limit = self.max_queue
         for conn in dirty:
             out = conn.out
             conn.out = None
-            if out:
-                conn.write_out(out)
+            t = conn.transport
+            if not out or t is None:
+                continue
+            if len(out) == 1:
+                t.write(out[0])
+            else:
+                t.writelines(out)
+            if conn.eof:
+                t.close()
+            elif conn.closing is None:
+                queued = t.get_write_buffer_size()
+                if queued > limit:
+                    conn.overflow(queued)
 
     def deliver(self, room: str | None, payload: bytes, mtype: str) -> int:
         """Fan a JSON-encoded message out to this worker's receivers. Returns the number of deliveries."""
