@@ -55,6 +55,13 @@ class Bus(abc.ABC):
     async def close(self) -> None:
         """Say goodbye to the peers, flush what can be flushed without blocking, release resources."""
 
+    def interest(self, room: str, present: bool) -> None:  # noqa: B027  (optional hook, no-op by default)
+        """The hub's hint: ``room`` just gained its first local member (``present``) or lost its last.
+
+        A bus that routes by room (Redis) subscribes to the rooms it needs; one that carries everything
+        (the pipe bus) ignores it. Called synchronously on joins and leaves: must be cheap, never raise.
+        """
+
     def healthy(self) -> bool:
         """False while the bus cannot reach where it should (the worker reports ``degraded``)."""
         return True

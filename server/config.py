@@ -11,6 +11,7 @@ from .errors import ConfigError
 MODES = ("chat", "echo")
 BUSES = ("pipe", "redis")
 LOOPS = ("uvloop", "asyncio")
+MIN_SECRET_BYTES = 32  # an HS256 key MUST be at least as long as the hash output (RFC 7518 3.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Config:
     max_conns_per_ip: int = 0
     max_conns: int = 0  # per worker
     handshake_timeout: float = 10.0
+    tcp_migrate_req: bool = True  # set net.ipv4.tcp_migrate_req=1 at start (rolling restarts refuse nobody)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -73,6 +75,14 @@ class Config:
                 raise ConfigError(f"{name} must be > 0 seconds")
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("--certfile and --keyfile go together")
+        for name in ("rate_limit", "rate_limit_bytes", "max_conns_per_ip", "max_conns"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = off)")
+        if self.rate_burst <= 0:
+            raise ConfigError("rate_burst must be > 0 seconds")
+        if self.auth_secret is not None and len(self.auth_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"the auth secret must be at least {MIN_SECRET_BYTES} bytes (HS256, RFC 7518 3.2);"
+                              " make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
     @property
     def worker_count(self) -> int:

@@ -12,17 +12,19 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from websockets.exceptions import InvalidMessage
+from websockets.exceptions import InvalidMessage, RequestLineTooLong, SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from . import codecs
-from .protocol import Publish, QueryStats, Reply, Session, Subscribe, Unsubscribe, handle_payload
+from .protocol import Policy, Publish, QueryStats, Reply, Session, Subscribe, Unsubscribe, handle_payload
 from .wsframe import build_frame
 
 if TYPE_CHECKING:
+    from .auth import Grant
+    from .ratelimit import RateLimiter
     from .worker import Worker
 
 OP_TEXT = Opcode.TEXT
@@ -43,9 +45,9 @@ BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: 
 
 
 class Conn(Session, asyncio.Protocol):
-    __slots__ = ("app", "bytes_in", "bytes_out", "closing", "eof", "frag", "frag_text", "is_open", "last_rx",
-                 "msgs_in", "msgs_out", "opened_at", "out", "peer_ip", "ping_at", "proto", "raw", "timer",
-                 "transport")
+    __slots__ = ("app", "bytes_in", "bytes_out", "closing", "eof", "frag", "frag_text", "grant", "is_open",
+                 "last_rx", "msgs_in", "msgs_out", "opened_at", "out", "peer_ip", "ping_at", "policy", "proto",
+                 "raw", "rl", "timer", "transport")
 
     def __init__(self, app: Worker) -> None:
         Session.__init__(self, "", codecs.JSON)
@@ -68,6 +70,9 @@ class Conn(Session, asyncio.Protocol):
         self.opened_at = 0.0
         self.peer_ip = ""
         self.timer: asyncio.TimerHandle | None = None
+        self.grant: Grant | None = None  # what the client's token allows (auth on)
+        self.policy: Policy = app.policy
+        self.rl: RateLimiter | None = None  # rate limits on
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -147,6 +152,12 @@ class Conn(Session, asyncio.Protocol):
                     if not self.is_open and isinstance(self.proto.handshake_exc, InvalidMessage):
                         push(self, BAD_REQUEST)  # websockets just closes; tell the client why
                         self.app.metrics.inc(self.app.metrics.handshakes_failed, 400)  # type: ignore[arg-type]
+                        self.app.metrics.inc(self.app.metrics.refused, "bad_request")
+                    elif not self.is_open and isinstance(self.proto.handshake_exc, SecurityError):
+                        m = self.app.metrics  # websockets answered 414 or 431 itself
+                        too_long = isinstance(self.proto.handshake_exc, RequestLineTooLong)
+                        m.inc(m.handshakes_failed, 414 if too_long else 431)  # type: ignore[arg-type]
+                        m.inc(m.refused, "too_large")
                     self.eof = True
                     if self.out is None:
                         push(self, b"")
@@ -189,13 +200,18 @@ class Conn(Session, asyncio.Protocol):
         app = self.app
         self.msgs_in += 1
         self.bytes_in += len(data)
+        if self.rl is not None:
+            verdict = self.rl.take(len(data), _monotonic())
+            if verdict:
+                app.over_rate(self, verdict, data)
+                return
         if app.echo:
             app.echo_message(self, data, text)
             return
         if text and self.codec != codecs.JSON and not _valid_utf8(data):
             self.fail(1007, "invalid UTF-8 in a text frame")
             return
-        mtype, actions = handle_payload(self, data, int(_time() * 1000), app.max_rooms, app.policy)
+        mtype, actions = handle_payload(self, data, int(_time() * 1000), app.max_rooms, self.policy)
         app.metrics.count_in(mtype, len(data))
         for action in actions:
             kind = type(action)

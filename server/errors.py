@@ -5,6 +5,7 @@
     FanwireError
      ├── ConfigError            a bad option or combination of options (exit code 2)
      ├── BootError              a worker cannot start: port in use, bad certificate... (no restart loop)
+     ├── AuthError              a handshake token is missing, invalid or expired (HTTP 401); has ``reason``
      ├── ProtocolViolation      the *peer* broke the fanwire message protocol; has an error ``code``
      │    ├── BadEncoding           payload is not valid JSON / msgpack            code "bad_encoding"
      │    ├── BadMessage            not a map, missing or wrongly typed field      code "bad_message"
@@ -30,6 +31,15 @@ class ConfigError(FanwireError):
 
 class BootError(FanwireError):
     """A worker could not boot; the supervisor halts instead of restarting it."""
+
+
+class AuthError(FanwireError):
+    """A handshake's token is missing, malformed, badly signed or expired. ``reason`` labels the metric."""
+
+    def __init__(self, detail: str, reason: str = "auth_invalid") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.reason = reason
 
 
 class ProtocolViolation(FanwireError):

@@ -9,7 +9,7 @@ overflows is closed with 1013 and what it could not take is counted (see :meth:`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from . import codecs
@@ -41,7 +41,7 @@ S = TypeVar("S", bound=Sink)
 
 
 class Hub(Generic[S]):
-    __slots__ = ("conns", "dirty", "loop", "max_queue", "metrics", "rooms", "scheduled")
+    __slots__ = ("conns", "dirty", "loop", "max_queue", "metrics", "on_room", "rooms", "scheduled")
 
     def __init__(self, metrics: Metrics, max_queue: int) -> None:
         self.metrics = metrics
@@ -51,6 +51,9 @@ class Hub(Generic[S]):
         self.dirty: list[S] = []
         self.scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        # called with (room, True) when a room gains its first member here, (room, False) when it loses
+        # its last: the bus's interest hook (see Bus.interest); None when the bus does not route by room
+        self.on_room: Callable[[str, bool], None] | None = None
 
     # --- membership ---------------------------------------------------------------------------------
 
@@ -68,6 +71,8 @@ class Hub(Generic[S]):
         members = self.rooms.get(room)
         if members is None:
             self.rooms[room] = {conn}
+            if self.on_room is not None:
+                self.on_room(room, True)
         else:
             members.add(conn)
 
@@ -77,6 +82,8 @@ class Hub(Generic[S]):
             members.discard(conn)
             if not members:
                 del self.rooms[room]
+                if self.on_room is not None:
+                    self.on_room(room, False)
 
     def room_counts(self) -> dict[str, int]:
         return {room: len(members) for room, members in self.rooms.items()}

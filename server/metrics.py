@@ -31,11 +31,21 @@ HELP: Final[dict[str, str]] = {
     "fanwire_errors_total": "Error replies sent to clients, by code.",
     "fanwire_heartbeat_timeouts_total": "Connections closed because no pong arrived in time.",
     "fanwire_slow_consumers_total": "Connections closed because their output queue overflowed.",
+    "fanwire_handshakes_refused_total": "Connections refused or dropped before the WebSocket opened, by reason.",
+    "fanwire_rate_limited_total": "Messages refused by the rate limit (answered with an error), by limit.",
+    "fanwire_policy_closes_total": "Open connections closed with 1008, by reason (rate_limited, token_expired).",
     "fanwire_rooms": "Rooms with at least one member (summed over workers).",
     "fanwire_workers": "Workers that answered this scrape.",
     "fanwire_worker_connections": "Open connections per worker.",
     "fanwire_uptime_seconds": "Seconds since the oldest answering worker started.",
     "fanwire_bus_up": "1 when the bus is healthy, 0 when degraded.",
+    "fanwire_redis_messages_out_total": "Publications relayed to other nodes through Redis.",
+    "fanwire_redis_messages_in_total": "Publications received from other nodes through Redis.",
+    "fanwire_redis_reconnects_total": "Connections to Redis re-established after an outage.",
+    "fanwire_cluster_nodes": "Nodes of the cluster seen alive by this node (itself included).",
+    "fanwire_cluster_connections": "Open connections on all nodes of the cluster.",
+    "fanwire_cluster_node_connections": "Open connections per node of the cluster.",
+    "fanwire_cluster_node_workers": "Workers per node of the cluster.",
 }
 
 
@@ -45,7 +55,8 @@ class Metrics:
     __slots__ = ("bus_bytes_in", "bus_bytes_out", "bus_dropped", "bus_frames_in", "bus_frames_out",
                  "bytes_in", "bytes_out", "closed", "dropped", "errors", "handshakes_failed",
                  "heartbeat_timeouts", "http_requests", "messages_in", "messages_out", "opened",
-                 "publishes", "slow_consumers")
+                 "policy_closes", "publishes", "rate_limited", "redis_messages_in", "redis_messages_out",
+                 "redis_reconnects", "refused", "slow_consumers")
 
     def __init__(self) -> None:
         self.opened = 0
@@ -66,6 +77,12 @@ class Metrics:
         self.errors: dict[str, int] = {}
         self.heartbeat_timeouts = 0
         self.slow_consumers = 0
+        self.redis_messages_out = 0  # the Redis bus's counters (only rendered once one moves)
+        self.redis_messages_in = 0
+        self.redis_reconnects = 0
+        self.refused: dict[str, int] = {}
+        self.rate_limited: dict[str, int] = {}
+        self.policy_closes: dict[str, int] = {}
 
     @staticmethod
     def inc(counter: dict[str, int], key: str, n: int = 1) -> None:
@@ -106,12 +123,19 @@ class Metrics:
             "fanwire_errors_total": _labelled("code", self.errors),
             "fanwire_heartbeat_timeouts_total": {"": self.heartbeat_timeouts},
             "fanwire_slow_consumers_total": {"": self.slow_consumers},
+            "fanwire_handshakes_refused_total": _labelled("reason", self.refused),
+            "fanwire_rate_limited_total": _labelled("limit", self.rate_limited),
+            "fanwire_policy_closes_total": _labelled("reason", self.policy_closes),
             "fanwire_rooms": {"": rooms},
             "fanwire_workers": {"": 1},
             "fanwire_worker_connections": {f'worker="{worker}"': connections},
             "fanwire_uptime_seconds": {"": uptime_s},
             "fanwire_bus_up": {"": 1 if bus_up else 0},
         }
+        if self.redis_messages_out or self.redis_messages_in or self.redis_reconnects:
+            s["fanwire_redis_messages_out_total"] = {"": self.redis_messages_out}
+            s["fanwire_redis_messages_in_total"] = {"": self.redis_messages_in}
+            s["fanwire_redis_reconnects_total"] = {"": self.redis_reconnects}
         return s
 
 

@@ -24,7 +24,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 
+from .cluster import default_node_id
 from .config import Config
+from .iptable import IpTable
+from .migrate import enable_migrate_req
 from .pipebus import make_mesh
 from .worker import EXIT_BOOT, worker_main
 
@@ -67,7 +70,9 @@ class Supervisor:
         self.endpoints = self.n + 1  # one spare for rolling restarts
         self.mesh = make_mesh(self.endpoints)
         self.free_endpoints = {self.n}
-        self.node = self.node or self.cfg.node_id or f"{self.cfg.host}:{self.cfg.port}"
+        # connections per client address, shared by all workers (one row per bus endpoint)
+        self.ip_table = IpTable(self.endpoints) if self.cfg.max_conns_per_ip else None
+        self.node = self.node or self.cfg.node_id or default_node_id(self.cfg.host, self.cfg.port, self.cfg.bus)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -79,6 +84,8 @@ class Supervisor:
             signal.signal(sig, self._enqueue)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         log.info("supervisor pid %d starting %d workers on %s", os.getpid(), self.n, self.cfg.url)
+        if self.cfg.tcp_migrate_req:
+            log.info("net.ipv4.tcp_migrate_req: %s", enable_migrate_req())
         for slot in range(self.n):
             self.spawn(slot, slot)
         while True:
@@ -146,7 +153,7 @@ class Supervisor:
                     if ep != endpoint:
                         for s in socks.values():
                             s.close()
-                code = worker_main(self.cfg, slot, endpoint, self.mesh[endpoint], w, self.node)
+                code = worker_main(self.cfg, slot, endpoint, self.mesh[endpoint], w, self.node, self.ip_table)
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -214,6 +221,8 @@ class Supervisor:
                 continue
             self._read_status(p)
             os.close(p.status_fd)
+            if self.ip_table is not None:
+                self.ip_table.clear(p.endpoint)  # its connections are gone with it
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
                 how = f"killed by signal {signal.Signals(sig).name}"
@@ -230,6 +239,16 @@ class Supervisor:
                 log.info("worker %d pid %d retired (%s)", p.slot, pid, how)
                 self.free_endpoints.add(p.endpoint)
                 self._next_restart()
+                continue
+            old = self.replacing.get(p.slot)
+            if old is not None and self.slots.get(p.slot) is p and not p.ready:
+                # a rolling restart's new worker failed to boot (bad new certificate...): keep the old one
+                del self.replacing[p.slot]
+                self.slots[p.slot] = old
+                self.free_endpoints.add(p.endpoint)
+                self.restart_queue.clear()
+                print(f"fanwire: error: rolling restart aborted: new worker {p.slot} failed to boot: "
+                      f"{p.boot_error or how}; the running workers keep serving", file=sys.stderr, flush=True)
                 continue
             if code == EXIT_BOOT or not p.ready:
                 reason = p.boot_error or how

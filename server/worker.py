@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -23,13 +24,17 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from . import codecs, metrics
+from . import cluster, codecs, metrics, migrate
+from .admission import Gate, Refusal
 from .bus import Bus, BusHandler, Publication
 from .config import Config
 from .connection import Conn
+from .errors import BootError
 from .hub import Hub
+from .iptable import IpTable
 from .metrics import Metrics
-from .protocol import ALLOW_ALL, Policy, Publish, QueryStats, Session, welcome_msg
+from .protocol import ALLOW_ALL, DEFAULT_ROOM, Policy, Publish, QueryStats, Session, error_msg, welcome_msg
+from .ratelimit import KICK, RateLimiter
 from .wsframe import build_frame
 
 log = logging.getLogger("fanwire.worker")
@@ -37,6 +42,7 @@ log = logging.getLogger("fanwire.worker")
 EXIT_BOOT = 3  # a worker that cannot boot exits with this; the supervisor halts instead of restarting
 
 HTTP_ROUTES = ("/healthz", "/metrics")
+RESTART_HANDSHAKE_GRACE = 1.0  # seconds a stopping worker lets handshakes in flight finish (then 1012)
 
 
 def bind_listener(cfg: Config) -> socket.socket:
@@ -72,7 +78,7 @@ class FanwireServerProtocol(ServerProtocol):
 
 class Worker(BusHandler):
     def __init__(self, cfg: Config, worker_id: int, sock: socket.socket, bus: Bus, metrics: Metrics,
-                 status_fd: int | None = None, node: str = "") -> None:
+                 status_fd: int | None = None, node: str = "", ip_table: IpTable | None = None) -> None:
         self.cfg = cfg
         self.id = worker_id
         self.pid = os.getpid()
@@ -83,6 +89,8 @@ class Worker(BusHandler):
         self.node = node
         self.metrics = metrics
         self.hub: Hub[Conn] = Hub(self.metrics, cfg.max_queue)
+        if type(bus).interest is not Bus.interest:  # the bus routes by room: tell it which rooms are here
+            self.hub.on_room = bus.interest
         self.echo = cfg.mode == "echo"
         self.max_rooms = cfg.max_rooms
         self.policy: Policy = ALLOW_ALL
@@ -101,6 +109,20 @@ class Worker(BusHandler):
             from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
             self._extensions = [ServerPerMessageDeflateFactory()]
+        # --- security and limits (docs/hardening.md), all off by default ---
+        if cfg.max_conns_per_ip and ip_table is None:
+            ip_table = IpTable(1)  # a worker started alone counts its own connections only
+        self.ip_table = ip_table if cfg.max_conns_per_ip else None
+        self.gate = Gate(cfg, self.ip_table)
+        self.gated = self.gate.active
+        self.rate_limited = bool(cfg.rate_limit or cfg.rate_limit_bytes)
+        self.auth_on = bool(cfg.auth_secret)
+        self.ssl: ssl.SSLContext | None = None
+        if cfg.certfile and cfg.keyfile:
+            from .tls import server_context
+
+            self.ssl = server_context(cfg.certfile, cfg.keyfile)  # BootError: worker_main exits EXIT_BOOT
+        self.tls_pending: dict[Conn, float] = {}  # accepted, TLS handshake not done yet -> accept time
 
     # --- running ------------------------------------------------------------------------------------
 
@@ -109,11 +131,14 @@ class Worker(BusHandler):
         self.hub.loop = loop
         self._stopped = loop.create_future()
         await self.bus.start(self)
-        self._server = await loop.create_server(lambda: Conn(self), sock=self.sock, backlog=self.cfg.backlog)
+        self._server = await loop.create_server(
+            self._new_conn, sock=self.sock, backlog=self.cfg.backlog, ssl=self.ssl,
+            ssl_handshake_timeout=self.cfg.handshake_timeout if self.ssl is not None else None)
         for sig, code in ((signal.SIGTERM, 1001), (signal.SIGINT, 1001), (signal.SIGHUP, 1012)):
             loop.add_signal_handler(sig, self.stop, code)
+        # one write with its newline: workers share stdout, and an unbuffered print writes the newline apart
         print(f"fanwire: worker {self.id} pid {self.pid} listening on {self.cfg.url}"
-              f" ({self.cfg.mode}, bus {self.bus.name})", flush=True)
+              f" ({self.cfg.mode}, bus {self.bus.name})\n", end="", flush=True)
         self._status(b"R")
         tick = max(0.05, min(self.cfg.ping_interval, self.cfg.ping_timeout, 1.0) / 2)
         loop.call_later(tick, self._heartbeat, tick)
@@ -131,7 +156,17 @@ class Worker(BusHandler):
         self.stopping = "restart" if code == 1012 else "shutdown"
         reason = "server restarting" if code == 1012 else "server shutting down"
         if self._server is not None:
+            # Closing a SO_REUSEPORT listener resets what its accept queue holds, unless the kernel
+            # migrates it to another listener of the group (net.ipv4.tcp_migrate_req = 1). Without that,
+            # accept the queue ourselves right before closing: those clients open, then get the close code.
+            taken = 0 if migrate.migrate_req() else self._take_backlog()
             self._server.close()
+            if taken:
+                log.info("worker %d: took %d queued connections off the listener before closing it", self.id, taken)
+        # handshakes in flight may finish (then they are closed like the others): nobody is refused
+        grace = time.monotonic() + min(RESTART_HANDSHAKE_GRACE, self.cfg.shutdown_timeout / 2)
+        while (self.handshaking or self.tls_pending) and time.monotonic() < grace:
+            await asyncio.sleep(0.01)
         for conn in list(self.handshaking):
             conn.close(code, reason, self.stopping)
         for conn in list(self.hub.conns):
@@ -146,6 +181,21 @@ class Worker(BusHandler):
         for task in list(self.tasks):
             task.cancel()
         log.info("worker %d pid %d stopped", self.id, self.pid)
+
+    def _take_backlog(self) -> int:
+        """Accept every connection queued on this worker's listener (bounded) and serve it."""
+        n = 0
+        while n < self.cfg.backlog:
+            try:
+                sock, _ = self.sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            sock.setblocking(False)
+            self._spawn(self.loop.connect_accepted_socket(
+                self._new_conn, sock, ssl=self.ssl,
+                ssl_handshake_timeout=self.cfg.handshake_timeout if self.ssl is not None else None))
+            n += 1
+        return n
 
     def _status(self, msg: bytes) -> None:
         if self.status_fd is not None:
@@ -167,8 +217,15 @@ class Worker(BusHandler):
     def _heartbeat(self, tick: float) -> None:
         now = time.monotonic()
         interval, timeout = self.cfg.ping_interval, self.cfg.ping_timeout
+        wall = time.time() if self.auth_on else 0.0
+        if self.tls_pending:
+            self._sweep_tls(now)
         for c in list(self.hub.conns):
             if c.closing is not None:
+                continue
+            if wall and c.grant is not None and wall >= c.grant.expires:
+                self.metrics.inc(self.metrics.policy_closes, "token_expired")
+                c.close(1008, "token expired", "token_expired")
                 continue
             if c.ping_at:
                 if c.last_rx > c.ping_at:
@@ -194,24 +251,54 @@ class Worker(BusHandler):
             logger=logging.getLogger("websockets.server"),
         )
 
+    def _new_conn(self) -> Conn:
+        conn = Conn(self)
+        if self.ssl is not None:
+            self.tls_pending[conn] = time.monotonic()  # connection_made comes after the TLS handshake
+        return conn
+
+    def _sweep_tls(self, now: float) -> None:
+        """Count TLS handshakes that never completed (the loop's TLS layer drops them silently)."""
+        limit = now - self.cfg.handshake_timeout - 1.0
+        stale = [c for c, t in self.tls_pending.items() if t < limit]
+        for c in stale:
+            del self.tls_pending[c]
+            self.metrics.inc(self.metrics.refused, "tls_handshake")
+            self.metrics.inc(self.metrics.handshakes_failed, "tls")  # type: ignore[arg-type]
+
     def on_connect(self, conn: Conn) -> None:
-        if self.stopping:
-            conn.transport.abort()  # type: ignore[union-attr]
-            return
+        # a stopping worker still serves what it accepted: the client opens, then gets 1001/1012
+        if self.ip_table is not None:
+            self.ip_table.add(conn.peer_ip, 1)
+        timeout = self.cfg.handshake_timeout
+        if self.ssl is not None:
+            accepted = self.tls_pending.pop(conn, None)
+            if accepted is not None:  # one deadline for the TLS and the WebSocket handshakes
+                timeout = max(0.0, timeout - (time.monotonic() - accepted))
         self.handshaking.add(conn)
-        conn.timer = self.loop.call_later(self.cfg.handshake_timeout, self._handshake_expired, conn)
+        conn.timer = self.loop.call_later(timeout, self._handshake_expired, conn)
 
     def _handshake_expired(self, conn: Conn) -> None:
+        """Slowloris: no complete handshake in time. 408 if no request came at all, then close."""
         conn.timer = None
-        if not conn.is_open and conn.transport is not None:
-            self.metrics.inc(self.metrics.handshakes_failed, "timeout")  # type: ignore[arg-type]
-            conn.transport.abort()
+        if conn.is_open or conn.transport is None:
+            return
+        m = self.metrics
+        if conn.proto.handshake_exc is None and not conn.eof and conn.closing is None:
+            m.inc(m.refused, "handshake_timeout")
+            m.inc(m.handshakes_failed, 408)  # type: ignore[arg-type]
+            self._respond(conn, 408, "text/plain; charset=utf-8", b"handshake timeout\n")
+            conn.closing = "handshake_timeout"
+            conn.arm_abort()  # a client that does not read its 408 is dropped after close_timeout
+        else:
+            conn.transport.abort()  # a response is out already and the client keeps the socket open
 
     def on_request(self, conn: Conn, request: Request) -> None:
         path = request.path.partition("?")[0]
         proto = conn.proto
         if path in HTTP_ROUTES and "Upgrade" not in request.headers:
             self.metrics.inc(self.metrics.http_requests, path)
+            conn.closing = "http"  # answered (maybe later: /metrics); the handshake timer only aborts it
             if path == "/healthz":
                 self._respond(conn, 200, "application/json", orjson.dumps(self.health()))
             else:
@@ -220,9 +307,23 @@ class Worker(BusHandler):
         response = proto.accept(request)
         if response.status_code != 101:
             self.metrics.inc(self.metrics.handshakes_failed, response.status_code)  # type: ignore[arg-type]
+            self.metrics.inc(self.metrics.refused, "bad_request")
             proto.send_response(response)
             conn.drain()
             return
+        if self.gated:
+            headers = request.headers
+            origin = headers.get_all("Origin")
+            authorization = headers.get_all("Authorization")
+            if len(origin) > 1 or len(authorization) > 1:
+                refusal: Refusal | None = Refusal(400, "bad_request", "duplicate Origin or Authorization header\n")
+            else:
+                refusal, conn.grant = self.gate.check(request.path, origin[0] if origin else None,
+                                                      authorization[0] if authorization else None,
+                                                      conn.peer_ip, len(self.hub.conns))
+            if refusal is not None:
+                self.refuse(conn, refusal)
+                return
         proto.send_response(response)
         conn.drain()
         # websockets' parser generator keeps the request alive for the life of the connection: drop its
@@ -240,15 +341,71 @@ class Worker(BusHandler):
         conn.codec = codecs.codec_for_subprotocol(conn.proto.subprotocol)
         self.client_seq += 1
         conn.client_id = f"{self.id}-{self.client_seq:x}"
-        conn.opened_at = time.monotonic()
+        conn.opened_at = now = time.monotonic()
+        grant = conn.grant
+        if grant is not None:  # auth is on: the token decides the name and the rooms
+            from .auth import GrantPolicy
+
+            conn.policy = GrantPolicy(grant)
+            conn.user = grant.user
+            conn.user_fixed = True
+            if not grant.may_use(DEFAULT_ROOM):
+                conn.rooms = []
+        if self.rate_limited:
+            cfg = self.cfg
+            conn.rl = RateLimiter(cfg.rate_limit, cfg.rate_limit_bytes, cfg.rate_burst, now)
         self.metrics.opened += 1
         self.hub.add(conn, conn.rooms)
         if not self.echo:
-            conn.reply(welcome_msg(conn, self.id, self.node, int(time.time() * 1000), self.cfg.ping_interval,
-                                   self.cfg.max_message_size))
+            welcome = welcome_msg(conn, self.id, self.node, int(time.time() * 1000), self.cfg.ping_interval,
+                                  self.cfg.max_message_size)
+            if grant is not None:
+                welcome["user"] = grant.user
+            conn.reply(welcome)
+        if self.stopping:  # accepted while stopping (drained backlog, handshake in flight): send it on
+            conn.close(self._stop_code, "server restarting" if self._stop_code == 1012 else "server shutting down",
+                       self.stopping)
+
+    def refuse(self, conn: Conn, refusal: Refusal) -> None:
+        """Answer a handshake with an HTTP error saying why; counted by reason and by status."""
+        m = self.metrics
+        m.inc(m.refused, refusal.reason)
+        m.inc(m.handshakes_failed, refusal.status)  # type: ignore[arg-type]
+        response = conn.proto.reject(refusal.status, refusal.detail)
+        for name, value in refusal.headers:
+            response.headers[name] = value
+        conn.proto.send_response(response)
+        conn.drain()
+
+    def over_rate(self, conn: Conn, verdict: int, data: bytes) -> None:
+        """A message refused by the rate limit: an error reply (with the message's id), and a 1008 close
+        if the client keeps going."""
+        m = self.metrics
+        rl = conn.rl
+        assert rl is not None
+        m.inc(m.rate_limited, rl.limit)
+        if conn.closing is not None:  # already on its way out (kicked): drop quietly, count once
+            return
+        mid = None
+        try:
+            msg = codecs.decode(conn.codec, data)
+            if type(msg) is dict and type(msg.get("id")) in (str, int):
+                mid = msg["id"]
+        except Exception:
+            pass
+        if rl.limit == "messages":
+            detail = f"over the rate limit of {self.cfg.rate_limit:g} messages/s; message dropped"
+        else:
+            detail = f"over the rate limit of {self.cfg.rate_limit_bytes:g} bytes/s; message dropped"
+        conn.reply(error_msg("rate_limited", detail, mid))
+        if verdict == KICK:
+            m.inc(m.policy_closes, "rate_limited")
+            conn.close(1008, "rate limit exceeded", "rate_limited")
 
     def on_disconnect(self, conn: Conn) -> None:
         self.handshaking.discard(conn)
+        if self.ip_table is not None:
+            self.ip_table.add(conn.peer_ip, -1)
         if conn.is_open:
             conn.is_open = False
             self.hub.remove(conn, conn.rooms)
@@ -267,7 +424,9 @@ class Worker(BusHandler):
 
     async def _metrics_response(self, conn: Conn) -> None:
         snaps = [self.stats_snapshot()] + await self.bus.gather_stats(self.cfg.stats_timeout)
-        merged = metrics.merge(s.get("metrics", {}) for s in snaps)
+        merged = metrics.merge(s.get("metrics", {}) for s in snaps)  # this node's (others carry none)
+        if self.cfg.bus == "redis":
+            merged.update(cluster.metric_families(snaps))
         self._respond(conn, 200, "text/plain; version=0.0.4; charset=utf-8", metrics.render(merged).encode())
 
     def health(self) -> dict[str, Any]:
@@ -352,7 +511,8 @@ class Worker(BusHandler):
                         for s in snaps],
             "rooms": rooms,
             "uptime_s": max(float(s.get("uptime_s", 0)) for s in snaps),
-            "partial": len(snaps) < self.cfg.worker_count,
+            **cluster.stats_fields(snaps, self.node, self.cfg.worker_count, self.cfg.bus == "redis",
+                                   self.bus.healthy()),
             "you": {"client_id": c.client_id, "messages_in": c.msgs_in, "messages_out": c.msgs_out,
                     "bytes_in": c.bytes_in, "bytes_out": c.bytes_out,
                     "connected_s": round(time.monotonic() - c.opened_at, 3), "rooms": list(c.rooms)},
@@ -370,7 +530,7 @@ class Worker(BusHandler):
 
 
 def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int, socket.socket],
-                status_fd: int | None, node: str) -> int:
+                status_fd: int | None, node: str, ip_table: IpTable | None = None) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     from .logs import setup_logging
     from .pipebus import PipeBus
@@ -391,7 +551,23 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
         return EXIT_BOOT
     m = Metrics()
     bus: Bus = PipeBus(endpoint, worker_id, bus_socks, m)
-    worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node)
+    if cfg.bus == "redis":
+        from .nodebus import cluster_bus
+
+        bus = cluster_bus(cfg, node, worker_id, bus, m)
+    if ip_table is not None:
+        ip_table.bind(endpoint)
+    try:
+        worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table)
+    except BootError as exc:
+        msg = f"worker {worker_id}: {exc}"
+        print(f"fanwire: error: {msg}", file=sys.stderr, flush=True)
+        if status_fd is not None:
+            try:
+                os.write(status_fd, b"E" + msg.encode()[:400] + b"\n")
+            except OSError:
+                pass
+        return EXIT_BOOT
     if cfg.loop == "uvloop":
         import uvloop
 

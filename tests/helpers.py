@@ -67,7 +67,8 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        scheme = "wss" if "--certfile" in self.extra_args else "ws"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def http(self) -> str:
@@ -391,3 +392,128 @@ class FrameReader:
             if op == 0x8:
                 return (struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005), seen
             seen.append((op, payload))
+
+
+# --- a private redis-server (for the Redis bus tests) ------------------------------------------------------
+
+def redis_server_binary() -> str | None:
+    """The redis-server binary, or None (the Redis tests then skip, saying so)."""
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    return "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+
+
+NO_REDIS_REASON = ("NO redis-server BINARY: the Redis bus tests did NOT run. Install it (Debian: apt-get install "
+                   "redis-server; .ci/run does this) to test the Redis bus")
+
+
+class RedisServer:
+    """A ``redis-server`` of our own on 127.0.0.1 and a free port, no persistence; never a system instance.
+
+    ``kill()`` SIGKILLs it (an outage); ``start()`` again brings it back on the same port, empty.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError(NO_REDIS_REASON)
+        self.binary = binary
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="fanwire-redis-")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", self.dir, "--loglevel", "warning", "--databases", "4"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + T(timeout)
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode} (port {self.port})")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"redis-server not answering on port {self.port}")
+            time.sleep(0.02)
+
+    def command(self, *args: str, timeout: float = 5.0) -> bytes:
+        """One command over a plain socket (RESP); returns the raw reply."""
+        cmd = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=T(timeout)) as s:
+            s.sendall(cmd.encode())
+            return s.recv(1 << 20)
+
+    def kill(self) -> None:
+        """SIGKILL this redis-server (only the process this object started) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                self.proc.wait(5)
+
+    def __enter__(self) -> RedisServer:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- hardening: TLS, raw HTTP, metrics (added for tests/hardening) ---------------------------------------
+
+def raw_http(port: int, data: bytes, host: str = "127.0.0.1", timeout: float = 5.0,
+             ssl_context: Any = None, source: str | None = None) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes (b"" if reset)."""
+    s = socket.create_connection((host, port), timeout=T(timeout),
+                                 source_address=(source, 0) if source else None)
+    if ssl_context is not None:
+        s = ssl_context.wrap_socket(s, server_hostname=host)
+    out = b""
+    try:
+        s.sendall(data)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+    return out
+
+
+def status_of(response: bytes) -> int:
+    """The status code of a raw HTTP response (0 if there is none)."""
+    parts = response.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() else 0
+
+
+def scrape_metrics(port: int, ssl_context: Any = None) -> dict[str, float]:
+    """``/metrics`` of a server (plain or TLS), parsed."""
+    from server import metrics as prom
+
+    raw = raw_http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                   ssl_context=ssl_context)
+    return prom.parse(raw.partition(b"\r\n\r\n")[2].decode())
