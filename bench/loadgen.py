@@ -1,0 +1,825 @@
+"""The load generator: several forked processes, each a uvloop loop of raw ``asyncio.Protocol`` clients.
+
+Why not a WebSocket library: a Python client library tops out well below the server (see
+/work/shared/FIELD-NOTES.md), so each load process speaks just enough RFC 6455 itself (bench.wsproto):
+
+- frames whose payload does not change are built and masked once, and re-sent from a table of
+  pre-joined batches (``frame * k``), so a pipelined round trip costs one ``write`` per batch;
+- when only throughput is measured, replies are counted from frame headers and payloads are skipped
+  without being copied or decoded (:class:`~bench.wsproto.FrameCounter`);
+- when latency is measured, the send time is in the payload and is the time the message was *scheduled*
+  (open loop, no coordinated omission); the reply's timestamp is read with one regex (JSON) or one
+  ``msgpack.unpackb`` and recorded in a per-process :class:`~bench.hist.Histogram` that merges exactly.
+
+The parent (:class:`LoadPool`) sends each process a command over a pipe (``open``, ``pingpong``,
+``openloop``, ``listen``, ``publish``, ``collect``, ``wait_all``, ``close``, ``quit``) with absolute start
+times on the shared ``CLOCK_MONOTONIC``, so all processes start and measure the same window. Every loop
+is bounded by a count and a deadline; a process whose parent disappears exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+import orjson
+
+from .hist import Histogram
+from .procstat import pin
+from .wsproto import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameCounter,
+    FrameReader,
+    expected_accept,
+    handshake_request,
+    masked_frame,
+    new_key,
+)
+
+__all__ = ["LoadError", "LoadPool", "ping_frame", "ping_payload"]
+
+_now = time.monotonic_ns
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+# Client modes
+M_HANDSHAKE = 0  # waiting for the 101 response
+M_WELCOME = 1  # waiting for fanwire's welcome message (to learn the worker id)
+M_IDLE = 2  # counting messages from headers, noting first/last arrival
+M_PINGPONG = 3  # counting replies and re-sending pre-built batches (closed loop)
+M_TS = 4  # reading the timestamp out of every message and recording latency
+
+_TS_JSON = re.compile(rb'"ts":\s*\[?(\d+)')
+_TEXT_JSON = re.compile(rb'"text":\s*"(\d+)')
+
+
+def _ts_pong_json(buf: bytearray, s: int, e: int) -> int:
+    m = _TS_JSON.search(buf, s, e)
+    return int(m.group(1)) if m else 0
+
+
+def _ts_text_json(buf: bytearray, s: int, e: int) -> int:
+    m = _TEXT_JSON.search(buf, s, e)
+    return int(m.group(1)) if m else 0
+
+
+def _ts_pong_msgpack(buf: bytearray, s: int, e: int) -> int:
+    try:
+        ts = msgpack.unpackb(bytes(buf[s:e]))["ts"]
+        return int(ts[0] if type(ts) is list else ts)
+    except Exception:
+        return 0
+
+
+def _ts_text_msgpack(buf: bytearray, s: int, e: int) -> int:
+    try:
+        text = msgpack.unpackb(bytes(buf[s:e]))["text"]
+        return int(text.partition(" ")[0])
+    except Exception:
+        return 0
+
+
+TS_PARSERS: dict[tuple[str, str], Callable[[bytearray, int, int], int]] = {
+    ("pong", "json"): _ts_pong_json,
+    ("pong", "msgpack"): _ts_pong_msgpack,
+    ("text", "json"): _ts_text_json,
+    ("text", "msgpack"): _ts_text_msgpack,
+}
+
+
+def ping_payload(codec: str, size: int, ts: Any = None) -> bytes:
+    """A ``ping`` of about ``size`` bytes whose ``ts`` is padding (pong echoes it back, so replies are
+    the same size) -- or ``[ts, padding]`` when a timestamp is given."""
+    head = {"type": "ping", "ts": "" if ts is None else [ts, ""]}
+    base = len(orjson.dumps(head) if codec == "json" else msgpack.packb(head))
+    pad = "x" * max(0, size - base - (2 if size - base > 31 else 0))
+    msg = {"type": "ping", "ts": pad if ts is None else [ts, pad]}
+    return orjson.dumps(msg) if codec == "json" else bytes(msgpack.packb(msg))
+
+
+def ping_frame(codec: str, size: int, mask: bytes) -> bytes:
+    return masked_frame(OP_TEXT if codec == "json" else OP_BINARY, ping_payload(codec, size), mask)
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# one client connection
+
+
+class Client(asyncio.Protocol):
+    __slots__ = ("accept", "batch", "batches", "closed", "codec", "counter", "expect_welcome", "first_ns",
+                 "gen", "hbuf", "hist", "hs_ns", "inflight", "last_ns", "mode", "opened", "owed", "reader",
+                 "received", "request", "running", "rx_bytes", "sent", "transport", "ts_of", "worker")
+
+    def __init__(self, gen: Gen, request: bytes, accept: bytes, expect_welcome: bool, codec: str) -> None:
+        self.gen = gen
+        self.request = request
+        self.accept = accept
+        self.expect_welcome = expect_welcome
+        self.codec = codec
+        self.transport: asyncio.Transport | None = None
+        self.mode = M_HANDSHAKE
+        self.hbuf = b""
+        self.opened: asyncio.Future[None] = gen.loop.create_future()
+        self.hs_ns = 0
+        self.worker = -1
+        self.counter = FrameCounter()
+        self.reader: FrameReader | None = None
+        self.received = 0
+        self.sent = 0
+        self.rx_bytes = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.owed = 0
+        self.batch = 1
+        self.inflight = 0
+        self.batches: list[bytes] = []
+        self.running = False
+        self.ts_of: Callable[[bytearray, int, int], int] = _ts_pong_json
+        self.hist: Histogram | None = None
+        self.closed = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the handshake"))
+        else:
+            self.gen.lost += 1
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        mode = self.mode
+        if mode == M_PINGPONG:
+            n = self.counter.feed(data)
+            self.rx_bytes += len(data)
+            if n:
+                self.received += n
+                if self.running:
+                    owed = self.owed + n
+                    if owed >= self.batch:
+                        if owed > self.inflight:
+                            owed = self.inflight
+                        self.transport.write(self.batches[owed])  # type: ignore[union-attr]
+                        self.sent += owed
+                        self.owed = 0
+                    else:
+                        self.owed = owed
+            if self.counter.control:
+                self._controls()
+        elif mode == M_TS:
+            self._read_ts(data)
+        elif mode == M_IDLE:
+            c = self.counter
+            if (len(data) > 1 and data[1] < 126 and len(data) == data[1] + 2 and data[0] & 0x88 == 0x80
+                    and not c.skip and not c.partial):
+                n = 1  # the common case in fan-out: exactly one small, final data frame
+            else:
+                n = c.feed(data)
+            self.rx_bytes += len(data)
+            if n:
+                now = _now()
+                self.received += n
+                if not self.first_ns:
+                    self.first_ns = now
+                self.last_ns = now
+                g = self.gen
+                if g.w0 <= now < g.w1:
+                    g.win_rx += n
+            if self.counter.control:
+                self._controls()
+        elif mode == M_HANDSHAKE:
+            self._handshake(data)
+        else:
+            self._welcome(data)
+
+    # --- states -------------------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
+        buf = self.hbuf + data
+        i = buf.find(b"\r\n\r\n")
+        if i < 0:
+            if len(buf) > 65536:
+                self._fail("handshake response too long")
+            else:
+                self.hbuf = buf
+            return
+        head, rest = buf[:i], buf[i + 4:]
+        self.hbuf = b""
+        if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
+            self._fail(f"handshake refused: {head[:80]!r}")
+            return
+        self.hs_ns = _now()
+        if self.expect_welcome:
+            self.mode = M_WELCOME
+            self.reader = FrameReader()
+            if rest:
+                self._welcome(rest)
+        else:
+            self.mode = M_IDLE
+            self.opened.set_result(None)
+            if rest:
+                self.data_received(rest)
+
+    def _welcome(self, data: bytes) -> None:
+        reader = self.reader
+        assert reader is not None
+        frames = reader.feed(data)
+        buf = reader.buf
+        for op, s, e in frames:
+            if op & 0x08:
+                self._control(op, bytes(buf[s:e]))
+            elif self.mode == M_WELCOME:
+                try:
+                    msg = orjson.loads(bytes(buf[s:e])) if op == OP_TEXT else msgpack.unpackb(bytes(buf[s:e]))
+                    self.worker = int(msg.get("worker", -1))
+                except Exception:
+                    self.worker = -1
+                self.mode = M_IDLE
+                if not self.opened.done():
+                    self.opened.set_result(None)
+        reader.consume()
+        if self.mode != M_WELCOME:
+            self.reader = None
+            if reader.buf:  # the start of the next frame
+                self.data_received(bytes(reader.buf))
+
+    def _read_ts(self, data: bytes) -> None:
+        reader = self.reader
+        assert reader is not None
+        frames = reader.feed(data)
+        if not frames:
+            return
+        now = _now()
+        g = self.gen
+        buf = reader.buf
+        ts_of = self.ts_of
+        hist = self.hist
+        n = 0
+        for op, s, e in frames:
+            if op & 0x08:
+                self._control(op, bytes(buf[s:e]))
+                continue
+            n += 1
+            ts = ts_of(buf, s, e)
+            if ts and g.w0 <= ts < g.w1:
+                g.win_replies += 1
+                if hist is not None:
+                    hist.record((now - ts) // 1000)
+        reader.consume()
+        if n:
+            self.received += n
+            if not self.first_ns:
+                self.first_ns = now
+            self.last_ns = now
+            g.rx_total += n
+            if g.w0 <= now < g.w1:
+                g.win_rx += n
+
+    def _controls(self) -> None:
+        ctl = self.counter.control
+        self.counter.control = []
+        for op, payload in ctl:
+            self._control(op, payload)
+
+    def _control(self, op: int, payload: bytes) -> None:
+        t = self.transport
+        if t is None:
+            return
+        if op == OP_PING:
+            t.write(masked_frame(OP_PONG, payload, self.gen.mask))
+        elif op == OP_CLOSE:
+            t.write(masked_frame(OP_CLOSE, payload[:2], self.gen.mask))
+            self.closed = True
+
+    def _fail(self, why: str) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(why))
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- modes --------------------------------------------------------------------------------------
+
+    def to_mode(self, mode: int) -> None:
+        """Switch mode and reset the counters, carrying over a frame that is half-way through."""
+        if self.counter.control:
+            self._controls()
+        if mode == M_TS:
+            if self.reader is None:
+                c = self.counter
+                self.reader = FrameReader(c.skip, c.partial)
+                self.counter = FrameCounter()
+        elif self.reader is not None:
+            leftover = bytes(self.reader.buf)
+            skip = self.reader.skip
+            self.reader = None
+            self.counter = FrameCounter()
+            self.counter.skip = skip
+            if leftover:
+                self.counter.feed(leftover)
+                if self.counter.control:
+                    self._controls()
+        self.mode = mode
+        self.received = 0
+        self.rx_bytes = 0
+        self.sent = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.owed = 0
+        self.running = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# one load process
+
+
+class Gen:
+    """The state of one load process: its connections, and the command loop."""
+
+    def __init__(self, pipe: Connection, index: int) -> None:
+        self.pipe = pipe
+        self.index = index
+        self.loop = asyncio.get_running_loop()
+        self.conns: list[Client] = []
+        self.mask = os.urandom(4)
+        self.key = new_key()
+        self.accept = expected_accept(self.key)
+        self.lost = 0
+        # measurement window (ns, CLOCK_MONOTONIC) shared by all connections of this process
+        self.w0 = 0
+        self.w1 = 0
+        self.win_rx = 0  # messages that arrived inside the window
+        self.win_replies = 0  # messages whose timestamp lies inside the window
+        self.rx_total = 0
+        self.hists: dict[int, Histogram] = {}
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.ppid = os.getppid()
+
+    async def main(self) -> None:
+        self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        self.loop.call_later(1.0, self._watch_parent)
+        await self.done
+        for c in self.conns:
+            if c.transport is not None:
+                c.transport.abort()
+        await asyncio.sleep(0)
+
+    def _watch_parent(self) -> None:
+        if os.getppid() != self.ppid:
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self.loop.call_later(1.0, self._watch_parent)
+
+    def _on_pipe(self) -> None:
+        try:
+            # the loop's reader may have made the fd non-blocking; a large command arrives in pieces
+            os.set_blocking(self.pipe.fileno(), True)
+            rid, cmd, args = self.pipe.recv()
+        except (EOFError, OSError):
+            self.loop.remove_reader(self.pipe.fileno())
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self.loop.create_task(self._run(rid, cmd, args))
+
+    async def _run(self, rid: int, cmd: str, args: dict[str, Any]) -> None:
+        try:
+            result = await getattr(self, f"cmd_{cmd}")(**args)
+            reply: tuple[int, str, Any] = (rid, "ok", result)
+        except Exception:
+            reply = (rid, "error", f"load process {self.index}: {cmd}: {traceback.format_exc()}")
+        with contextlib.suppress(OSError):
+            self.pipe.send(reply)
+
+    def alive(self) -> list[Client]:
+        return [c for c in self.conns if not c.closed and c.transport is not None]
+
+    # --- commands -----------------------------------------------------------------------------------
+
+    async def cmd_quit(self) -> None:
+        self.loop.call_soon(self.done.set_result, None)
+
+    async def cmd_open(self, host: str, port: int, count: int, rate: float | None, start_at: float,
+                       subprotocol: str | None = None, codec: str = "json", expect_welcome: bool = False,
+                       sources: Sequence[str] = (), max_pending: int = 256, timeout: float = 10.0,
+                       deadline: float = 120.0) -> dict[str, Any]:
+        """Open ``count`` connections, the i-th scheduled at ``start_at + i / rate`` (``rate`` None: as
+        fast as ``max_pending`` concurrent handshakes allow). Handshake time runs from the scheduled start
+        (or, unthrottled, from the actual start) to the 101 response."""
+        request = handshake_request(host, port, self.key, subprotocol)
+        hist = Histogram()
+        errors: dict[str, int] = {}
+        sem = asyncio.Semaphore(max_pending)
+        tasks: list[asyncio.Task[None]] = []
+        t0 = int(start_at * 1e9)
+        stop_at = time.monotonic() + deadline
+        first = last = 0
+
+        async def one(i: int, due_ns: int) -> None:
+            nonlocal first, last
+            src = sources[i % len(sources)] if sources else None
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            proto: Client | None = None
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if src:
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                    sock.bind((src, 0))
+                async with asyncio.timeout(timeout):
+                    await self.loop.sock_connect(sock, (host, port))
+                    _, proto = await self.loop.create_connection(
+                        lambda: Client(self, request, self.accept, expect_welcome, codec), sock=sock)
+                    await proto.opened
+                hist.record((proto.hs_ns - due_ns) // 1000)
+                self.conns.append(proto)
+                last = max(last, proto.hs_ns)
+                first = min(first, due_ns) if first else due_ns
+            except Exception as exc:
+                kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                errors[kind] = errors.get(kind, 0) + 1
+                if proto is not None and proto.transport is not None:
+                    proto.transport.abort()
+                else:
+                    sock.close()
+            finally:
+                sem.release()
+
+        for i in range(count):
+            if time.monotonic() > stop_at:
+                errors["deadline"] = errors.get("deadline", 0) + count - i
+                break
+            if rate:
+                due = t0 + int(i * 1e9 / rate)
+                delay = (due - _now()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await sem.acquire()
+            else:
+                await sem.acquire()
+                due = _now()
+            tasks.append(self.loop.create_task(one(i, due)))
+        if tasks:
+            await asyncio.wait(tasks)
+        workers: dict[int, int] = {}
+        for c in self.conns:
+            workers[c.worker] = workers.get(c.worker, 0) + 1
+        return {"opened": hist.count, "errors": errors, "handshake_us": hist.to_dict(), "first_ns": first,
+                "last_ns": last, "workers": workers, "conns": len(self.alive())}
+
+    async def cmd_pingpong(self, frame: bytes, inflight: int, batch: int, start_at: float, warmup: float,
+                           duration: float, drain: float = 2.0) -> dict[str, Any]:
+        """Closed loop: every connection keeps ``inflight`` messages outstanding and re-sends a batch as
+        soon as ``batch`` replies are in. Counts replies inside [start+warmup, start+warmup+duration]."""
+        conns = self.alive()
+        batches = [frame * k for k in range(inflight + 1)]
+        for c in conns:
+            c.to_mode(M_PINGPONG)
+            c.batches = batches
+            c.batch = batch
+            c.inflight = inflight
+        await _sleep_until(start_at)
+        for c in conns:
+            if c.transport is not None:
+                c.running = True
+                c.transport.write(batches[inflight])
+                c.sent = inflight
+        await _sleep_until(start_at + warmup)
+        r0 = sum(c.received for c in conns)
+        b0 = sum(c.rx_bytes for c in conns)
+        t0 = time.monotonic()
+        await _sleep_until(start_at + warmup + duration)
+        r1 = sum(c.received for c in conns)
+        b1 = sum(c.rx_bytes for c in conns)
+        t1 = time.monotonic()
+        for c in conns:
+            c.running = False
+        end = time.monotonic() + drain
+        while time.monotonic() < end and any(c.sent > c.received and not c.closed for c in conns):
+            await asyncio.sleep(0.01)
+        outstanding = sum(max(0, c.sent - c.received) for c in conns if not c.closed)
+        sent = sum(c.sent for c in conns)
+        for c in conns:
+            c.to_mode(M_IDLE)
+        return {"received": r1 - r0, "rx_bytes": b1 - b0, "window_s": t1 - t0, "sent_total": sent,
+                "outstanding": outstanding, "conns": len(conns), "closed": sum(c.closed for c in conns),
+                "tx_frame_bytes": len(frame)}
+
+    async def cmd_openloop(self, rate: float, start_at: float, warmup: float, duration: float, codec: str,
+                           size: int, drain: float = 2.0) -> dict[str, Any]:
+        """Open loop: ``rate`` pings per second spread round-robin over this process's connections, each
+        carrying the time it was *scheduled* to be sent. Latency = reply arrival - scheduled send time."""
+        conns = self.alive()
+        if not conns:
+            raise LoadError("no open connections")
+        hist = Histogram()
+        lag = Histogram()
+        parse = TS_PARSERS[("pong", codec)]
+        for c in conns:
+            c.to_mode(M_TS)
+            c.ts_of = parse
+            c.hist = hist
+        t0 = int(start_at * 1e9)
+        self.w0 = t0 + int(warmup * 1e9)
+        self.w1 = self.w0 + int(duration * 1e9)
+        self.win_rx = self.win_replies = self.rx_total = 0
+        interval = 1e9 / rate
+        total = int(rate * (warmup + duration))
+        opcode = OP_TEXT if codec == "json" else OP_BINARY
+        mask = self.mask
+        template = ping_payload(codec, size, ts=10**15)  # the size with a 16-digit timestamp
+        if codec == "json":
+            prefix, _, suffix = template.partition(b"1000000000000000")
+
+            def payload(ts: int) -> bytes:
+                return prefix + str(ts).encode() + suffix
+        else:
+            pad = msgpack.unpackb(template)["ts"][1]
+
+            def payload(ts: int) -> bytes:
+                return bytes(msgpack.packb({"type": "ping", "ts": [ts, pad]}))
+
+        nconn = len(conns)
+        sent = 0
+        sent_window = 0
+        w0, w1 = self.w0, self.w1
+        hard_stop = _now() + int((warmup + duration + 30) * 1e9)
+        while sent < total:
+            now = _now()
+            if now > hard_stop:
+                break
+            due = min(total, int((now - t0) / interval) + 1) if now >= t0 else 0
+            if due > sent:
+                lag.record((now - (t0 + int(sent * interval))) // 1000)
+                for k in range(sent, due):
+                    ts = t0 + int(k * interval)
+                    c = conns[k % nconn]
+                    if c.transport is not None:
+                        c.transport.write(masked_frame(opcode, payload(ts), mask))
+                    if w0 <= ts < w1:
+                        sent_window += 1
+                sent = due
+                await asyncio.sleep(0)
+            else:
+                wait = (t0 + sent * interval - now) / 1e9
+                # timers are 1 ms coarse: sleep only when the next send is far away, else spin
+                await asyncio.sleep(wait - 0.0015 if wait > 0.002 else 0)
+        end = time.monotonic() + drain
+        while time.monotonic() < end and self.rx_total < sent:
+            await asyncio.sleep(0.005)
+        for c in conns:
+            c.to_mode(M_IDLE)
+            c.hist = None
+        return {"sent": sent, "sent_window": sent_window, "replies_window": self.win_replies,
+                "received": self.rx_total, "latency_us": hist.to_dict(), "send_lag_us": lag.to_dict(),
+                "conns": nconn}
+
+    async def cmd_listen(self, w0: float, w1: float, sample_every: int = 1) -> dict[str, Any]:
+        """Receive mode for fan-out: every ``sample_every``-th connection reads the timestamp out of
+        each message and records its delivery latency (per worker id of the receiving connection); the
+        others count messages from headers. Deliveries inside [w0, w1) are counted by arrival time."""
+        self.w0 = int(w0 * 1e9)
+        self.w1 = int(w1 * 1e9)
+        self.win_rx = self.win_replies = self.rx_total = 0
+        self.hists = {}
+        sampled = 0
+        for i, c in enumerate(self.alive()):
+            if sample_every and i % sample_every == 0:
+                c.to_mode(M_TS)
+                c.ts_of = TS_PARSERS[("text", c.codec)]
+                h = self.hists.get(c.worker)
+                if h is None:
+                    h = self.hists[c.worker] = Histogram()
+                c.hist = h
+                sampled += 1
+            else:
+                c.to_mode(M_IDLE)
+                c.hist = None
+        return {"listening": len(self.conns), "sampled": sampled}
+
+    async def cmd_publish(self, rate: float, start_at: float, count: int, codec: str = "json",
+                          size: int = 100, kind: str = "broadcast") -> dict[str, Any]:
+        """Send ``count`` messages of ``kind`` (broadcast or chat) from this process's first connection,
+        on an open-loop schedule, each carrying its scheduled send time (ns) at the start of ``text``."""
+        conns = self.alive()
+        if not conns:
+            raise LoadError("no open connection to publish from")
+        pub = conns[0]
+        opcode = OP_TEXT if codec == "json" else OP_BINARY
+        mask = self.mask
+        pad = "x" * max(0, size - 60)
+        t0 = int(start_at * 1e9)
+        interval = 1e9 / rate if rate else 0.0
+        sent = 0
+        hard_stop = _now() + int((count / (rate or 1e9) + 30) * 1e9)
+        while sent < count and not pub.closed:
+            ts = t0 + int(sent * interval)
+            now = _now()
+            if now > hard_stop:
+                break
+            if ts > now:
+                wait = (ts - now) / 1e9
+                await asyncio.sleep(wait - 0.0005 if wait > 0.0015 else 0)
+                continue
+            msg = {"type": kind, "text": f"{ts} {pad}"}
+            data = orjson.dumps(msg) if codec == "json" else bytes(msgpack.packb(msg))
+            if pub.transport is not None:
+                pub.transport.write(masked_frame(opcode, data, mask))
+            sent += 1
+            if sent % 64 == 0:
+                await asyncio.sleep(0)
+        return {"sent": sent, "worker": pub.worker}
+
+    async def cmd_collect(self) -> dict[str, Any]:
+        """What the receivers saw since ``listen``; back to idle."""
+        conns = self.alive()
+        counts = [c.received for c in conns]
+        firsts = [c.first_ns for c in conns if c.first_ns]
+        lasts = [c.last_ns for c in conns if c.last_ns]
+        out = {"win_rx": self.win_rx, "received": sum(counts), "conns": len(conns),
+               "min_received": min(counts) if counts else 0,
+               "first_ns": min(firsts) if firsts else 0, "last_first_ns": max(firsts) if firsts else 0,
+               "last_ns": max(lasts) if lasts else 0,
+               "hists": {str(w): h.to_dict() for w, h in self.hists.items()}, "lost": self.lost}
+        for c in conns:
+            c.to_mode(M_IDLE)
+            c.hist = None
+        self.w0 = self.w1 = 0
+        return out
+
+    async def cmd_wait_all(self, expect: int, timeout: float) -> dict[str, Any]:
+        """Wait until every open connection has received ``expect`` messages since ``listen``."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if all(c.received >= expect for c in self.alive()):
+                break
+            await asyncio.sleep(0.002)
+        conns = self.alive()
+        return {"reached": sum(c.received >= expect for c in conns), "conns": len(conns)}
+
+    async def cmd_count(self) -> dict[str, Any]:
+        return {"conns": len(self.alive()), "lost": self.lost}
+
+    async def cmd_close(self) -> dict[str, Any]:
+        n = 0
+        for c in self.conns:
+            if c.transport is not None:
+                c.transport.abort()
+                n += 1
+        self.conns = []
+        await asyncio.sleep(0.01)
+        return {"aborted": n}
+
+
+async def _sleep_until(t: float) -> None:
+    d = t - time.monotonic()
+    if d > 0:
+        await asyncio.sleep(d)
+
+
+def _child_main(pipe: Connection, index: int, cpus: Sequence[int] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # what was imported before the fork never needs collecting: keep full collections short
+    gc.freeze()
+    if cpus:
+        pin(0, cpus)
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+
+    async def main() -> None:
+        await Gen(pipe, index).main()
+
+    runner(main())
+
+
+# ---------------------------------------------------------------------------------------------------
+# the parent's side
+
+
+class LoadPool:
+    """``n`` load processes (forked), each pinned to ``cpus`` when given. Use as a context manager."""
+
+    def __init__(self, n: int, cpus: Sequence[int] | None = None) -> None:
+        self.n = n
+        self.cpus = list(cpus) if cpus else None
+        self.procs: list[multiprocessing.process.BaseProcess] = []
+        self.pipes: list[Connection] = []
+        self._rid = 0
+        self._ready: dict[int, tuple[str, Any]] = {}
+
+    def start(self) -> LoadPool:
+        ctx = multiprocessing.get_context("fork")
+        for i in range(self.n):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_child_main, args=(child, i, self.cpus), name=f"fanwire-load-{i}",
+                            daemon=True)
+            p.start()
+            child.close()
+            self.procs.append(p)
+            self.pipes.append(parent)
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def submit(self, cmd: str, args: dict[str, Any] | Sequence[dict[str, Any]],
+               only: Sequence[int] | None = None) -> list[tuple[int, int]]:
+        """Send ``cmd`` to every process (or those in ``only``); ``args`` is one dict for all or one per
+        process. Returns tickets for :meth:`wait`."""
+        targets = list(only) if only is not None else list(range(self.n))
+        tickets = []
+        for j, i in enumerate(targets):
+            a = args if isinstance(args, dict) else args[j]
+            self._rid += 1
+            self.pipes[i].send((self._rid, cmd, a))
+            tickets.append((i, self._rid))
+        return tickets
+
+    def wait(self, tickets: Sequence[tuple[int, int]], timeout: float) -> list[Any]:
+        """The results for ``tickets``, in order. Raises LoadError on a failure or after ``timeout``."""
+        end = time.monotonic() + timeout
+        want = {rid for _, rid in tickets}
+        while not want.issubset(self._ready):
+            left = end - time.monotonic()
+            if left <= 0:
+                raise LoadError(f"load processes did not answer within {timeout:.0f}s")
+            pipes = [self.pipes[i] for i, rid in tickets if rid not in self._ready]
+            for pipe in multiprocessing.connection.wait(pipes, timeout=min(left, 1.0)):
+                assert isinstance(pipe, Connection)
+                try:
+                    rid, status, result = pipe.recv()
+                except (EOFError, OSError) as exc:
+                    i = self.pipes.index(pipe)
+                    self.procs[i].join(1.0)
+                    raise LoadError(f"load process {i} died (exit code {self.procs[i].exitcode})") from exc
+                self._ready[rid] = (status, result)
+            for i, rid in tickets:
+                if rid not in self._ready and not self.procs[i].is_alive():
+                    raise LoadError(f"load process {i} died (exit code {self.procs[i].exitcode})")
+        out = []
+        for _, rid in tickets:
+            status, result = self._ready.pop(rid)
+            if status != "ok":
+                raise LoadError(str(result))
+            out.append(result)
+        return out
+
+    def call(self, cmd: str, args: dict[str, Any] | Sequence[dict[str, Any]], timeout: float,
+             only: Sequence[int] | None = None) -> list[Any]:
+        return self.wait(self.submit(cmd, args, only), timeout)
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send((0, "quit", {}))
+        end = time.monotonic() + 3.0
+        for p in self.procs:
+            p.join(max(0.05, end - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+        for pipe in self.pipes:
+            pipe.close()
+        self.procs = []
+        self.pipes = []
+
+    def __enter__(self) -> LoadPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
