@@ -129,6 +129,22 @@ class ServerProcess:
             time.sleep(0.01)
         raise TimeoutError(f"worker {worker} not replaced:\n{self.output()}")
 
+    def wait_pids_gone(self, pids: Sequence[int], timeout: float = 15.0) -> None:
+        """Wait until these processes (e.g. workers retired by a rolling restart) have exited and been reaped."""
+        deadline = time.monotonic() + T(timeout)
+        for pid in pids:
+            while True:
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        state = f.read().rsplit(")", 1)[1].split()[0]
+                except FileNotFoundError:
+                    break
+                if state == "Z":
+                    break  # exited; the supervisor reaps it on its next wake-up
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pid {pid} still running:\n{self.output()}")
+                time.sleep(0.02)
+
     def output(self) -> str:
         with self._lock:
             return "\n".join([*self.lines, "--- stderr ---", *self.err_lines[-80:]])

@@ -200,6 +200,7 @@ def test_rolling_restart_of_a_node_keeps_the_cluster() -> None:
             os.kill(a.pid, signal.SIGHUP)
             for w, pid in old.items():
                 a.wait_worker_replaced(w, pid, 15)
+            a.wait_pids_gone(list(old.values()))  # the old workers closed their clients with 1012 and left
 
             async def main() -> None:
                 on_b = await spread(b)
