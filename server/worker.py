@@ -541,14 +541,8 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
     try:
         sock = bind_listener(cfg)
     except OSError as exc:
-        msg = f"worker {worker_id} cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
-        print(f"fanwire: error: {msg}", file=sys.stderr, flush=True)
-        if status_fd is not None:
-            try:
-                os.write(status_fd, b"E" + msg.encode()[:400] + b"\n")
-            except OSError:
-                pass
-        return EXIT_BOOT
+        return _boot_failed(f"worker {worker_id} cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+                            status_fd)
     m = Metrics()
     bus: Bus = PipeBus(endpoint, worker_id, bus_socks, m)
     if cfg.bus == "redis":
@@ -560,14 +554,7 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
     try:
         worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table)
     except BootError as exc:
-        msg = f"worker {worker_id}: {exc}"
-        print(f"fanwire: error: {msg}", file=sys.stderr, flush=True)
-        if status_fd is not None:
-            try:
-                os.write(status_fd, b"E" + msg.encode()[:400] + b"\n")
-            except OSError:
-                pass
-        return EXIT_BOOT
+        return _boot_failed(f"worker {worker_id}: {exc}", status_fd)
     if cfg.loop == "uvloop":
         import uvloop
 
@@ -575,3 +562,14 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
     else:
         asyncio.run(worker.run())
     return 0
+
+
+def _boot_failed(msg: str, status_fd: int | None) -> int:
+    """Say why this worker cannot boot (stderr, and the supervisor's status pipe); the exit code to use."""
+    print(f"fanwire: error: {msg}", file=sys.stderr, flush=True)
+    if status_fd is not None:
+        try:
+            os.write(status_fd, b"E" + msg.encode()[:400] + b"\n")
+        except OSError:
+            pass
+    return EXIT_BOOT
