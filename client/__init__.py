@@ -20,11 +20,14 @@ from .errors import (
     ConnectionRefused,
     ConnectTimeout,
     FatalClose,
+    Forbidden,
     HandshakeRejected,
     NotConnected,
+    RateLimited,
     RequestTimeout,
     SendQueueFull,
     ServerError,
+    TLSError,
 )
 from .sync import Client
 
@@ -40,11 +43,14 @@ __all__ = [
     "ConnectionLost",
     "ConnectionRefused",
     "FatalClose",
+    "Forbidden",
     "HandshakeRejected",
     "NotConnected",
+    "RateLimited",
     "RequestTimeout",
     "SendQueueFull",
     "ServerError",
     "State",
+    "TLSError",
     "backoff",
 ]

@@ -16,6 +16,11 @@ Delivery semantics, in short (``docs/client.md`` has the long version):
 
 Callbacks run on the event loop, in the order the messages arrive; a callback that returns an awaitable
 has it scheduled as a task. A callback that raises is logged and does not stop the client.
+
+Security (``docs/hardening.md``): ``wss://`` URLs with ``cafile=`` (the CA that signed the server's
+certificate) or ``ssl=`` (a ready :class:`ssl.SSLContext`); ``token=`` (a string, or a callable called
+before every connection attempt) is sent as ``Authorization: Bearer``. A 503 with ``Retry-After`` makes
+the next attempt wait at least that long (at most the backoff cap).
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import enum
 import inspect
 import itertools
 import logging
+import os
 import random
+import ssl as ssl_lib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
@@ -47,9 +54,10 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from . import protocol
-from .backoff import Backoff
+from .backoff import Backoff, floored, parse_retry_after
 from .errors import (
     ClientError,
+    ConnectError,
     ConnectionLost,
     ConnectionRefused,
     ConnectTimeout,
@@ -59,12 +67,14 @@ from .errors import (
     RequestTimeout,
     SendQueueFull,
     ServerError,
+    TLSError,
     close_is_retryable,
     is_retryable,
+    server_error,
 )
 from .protocol import Codec, Message
 
-__all__ = ["DEFAULT_URL", "AsyncClient", "MessageCallback", "State", "StateCallback"]
+__all__ = ["DEFAULT_URL", "AsyncClient", "MessageCallback", "State", "StateCallback", "TokenSource"]
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765"
 USER_AGENT: Final = "fanwire-client/0.1"
@@ -72,6 +82,14 @@ USER_AGENT: Final = "fanwire-client/0.1"
 logger = logging.getLogger("fanwire.client")
 
 MessageCallback = Callable[[Message], object]
+
+#: What ``token=`` accepts: the token, or a zero-argument callable returning it (or an awaitable of it),
+#: called before every connection attempt.
+TokenSource = str | Callable[[], str | Awaitable[str]]
+
+# SSL errors that mean "the connection dropped during the TLS handshake" (retried like a refused
+# connection); every other SSLError (untrusted certificate, no common protocol...) is a TLSError.
+_SSL_DROPPED = (ssl_lib.SSLEOFError, ssl_lib.SSLZeroReturnError, ssl_lib.SSLSyscallError)
 
 
 class State(enum.Enum):
@@ -113,8 +131,39 @@ def _close_of(exc: ConnectionClosed) -> tuple[int, str]:
     return 1006, ""
 
 
-def _lost(code: int, reason: str) -> ConnectionLost:
-    return ConnectionLost(code, reason) if close_is_retryable(code) else FatalClose(code, reason)
+def _rejected(url: str, exc: InvalidStatus) -> HandshakeRejected:
+    """A non-101 answer as HandshakeRejected: status, the server's one-line reason, Retry-After."""
+    response = exc.response
+    status = response.status_code
+    text = f"{url} rejected the WebSocket upgrade: HTTP {status} {response.reason_phrase}".rstrip()
+    body = (response.body or b"")[:200].decode("utf-8", "replace").strip()
+    if body and body.isprintable():
+        text += f" ({body})"
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+    return HandshakeRejected(text, status, retry_after)
+
+
+def _tls_context(url_is_secure: bool, cafile: str | os.PathLike[str] | None,
+                 context: ssl_lib.SSLContext | None, connect_kwargs: Mapping[str, Any]) -> ssl_lib.SSLContext | None:
+    """The SSLContext for ``cafile=`` / ``ssl=``, checked against the URL; ``None``: websockets' default
+    (the system CAs for ``wss://``)."""
+    if cafile is None and context is None:
+        return None
+    if not url_is_secure:
+        raise ValueError("cafile= and ssl= need a wss:// URL")
+    if cafile is not None and context is not None:
+        raise ValueError("give cafile= or ssl=, not both")
+    if "ssl" in connect_kwargs:
+        raise ValueError("give ssl= or connect_kwargs['ssl'], not both")
+    if context is not None:
+        if not isinstance(context, ssl_lib.SSLContext):
+            raise ValueError(f"ssl= must be an ssl.SSLContext, not {type(context).__name__}")
+        return context
+    assert cafile is not None
+    try:
+        return ssl_lib.create_default_context(cafile=os.fspath(cafile))
+    except (OSError, ssl_lib.SSLError) as exc:
+        raise ValueError(f"cannot load the CA file {os.fspath(cafile)!r}: {exc}") from exc
 
 
 class AsyncClient:
@@ -133,8 +182,14 @@ class AsyncClient:
     * limits: ``max_pending`` (messages queued while reconnecting), ``inbox_size`` (messages buffered
       for ``async for``; the oldest is dropped when full and counted in :attr:`dropped`; 0 disables),
       ``max_size`` (largest incoming message).
-    * escape hatches: ``headers`` (extra handshake headers, e.g. ``Authorization``), ``connect_kwargs``
-      (passed to :func:`websockets.asyncio.client.connect`), ``rng`` (jitter source, for tests).
+    * security: ``cafile`` (PEM file of the CA that signed the server's certificate) or ``ssl`` (an
+      :class:`ssl.SSLContext`), for ``wss://`` URLs; ``wss://`` without either trusts the system CAs.
+      ``token``: a string, or a zero-argument callable returning one (or an awaitable of one), called
+      before every connection attempt so a fresh token can be fetched; sent as
+      ``Authorization: Bearer <token>``. With a callable, a 1008 ``token expired`` close is followed
+      by a reconnect with a new token; otherwise it is final, like a 401 at the handshake.
+    * escape hatches: ``headers`` (extra handshake headers), ``connect_kwargs`` (passed to
+      :func:`websockets.asyncio.client.connect`), ``rng`` (jitter source, for tests).
     """
 
     def __init__(
@@ -143,6 +198,10 @@ class AsyncClient:
         codec: str = "json",
         *,
         user: str | None = None,
+        # Security
+        cafile: str | os.PathLike[str] | None = None,
+        ssl: ssl_lib.SSLContext | None = None,
+        token: TokenSource | None = None,
         # Reconnect
         reconnect: bool = True,
         backoff: Backoff | None = None,
@@ -163,7 +222,7 @@ class AsyncClient:
         rng: Callable[[], float] | None = None,
     ) -> None:
         try:
-            parse_uri(url)
+            secure = parse_uri(url).secure
         except InvalidURI as exc:
             raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from None
         self.url = url
@@ -185,6 +244,14 @@ class AsyncClient:
         self.max_size = max_size
         self._headers = dict(headers or {})
         self._connect_kwargs = dict(connect_kwargs or {})
+        self._ssl = _tls_context(secure, cafile, ssl, self._connect_kwargs)
+        if token is not None:
+            if not callable(token):
+                protocol.check_token(token)
+            if any(k.lower() == "authorization" for k in self._headers):
+                raise ValueError("give token= or an Authorization header, not both")
+        self._token = token
+        self._fresh_token = callable(token)  # a new token for each connection: 'token expired' is retried
         self._rng = rng if rng is not None else random.random
 
         self._state = State.IDLE
@@ -352,8 +419,9 @@ class AsyncClient:
     ) -> Message:
         """Send ``msg`` with a fresh ``id`` and return the reply that echoes it.
 
-        An ``error`` reply raises :exc:`~client.errors.ServerError`; no reply within ``timeout``
-        (default ``request_timeout``) raises :exc:`~client.errors.RequestTimeout`.
+        An ``error`` reply raises :exc:`~client.errors.ServerError` (:exc:`~client.errors.RateLimited`
+        for ``rate_limited``, :exc:`~client.errors.Forbidden` for ``forbidden``); no reply within
+        ``timeout`` (default ``request_timeout``) raises :exc:`~client.errors.RequestTimeout`.
         """
         if not isinstance(msg.get("type"), str):
             raise ValueError("a message is a map with a string 'type'")
@@ -391,7 +459,8 @@ class AsyncClient:
         return (time.perf_counter() - start) * 1000.0
 
     async def join(self, room: str, *, timeout: float | None = None) -> list[str]:
-        """Join ``room`` (it becomes the current room); returns the connection's rooms."""
+        """Join ``room`` (it becomes the current room); returns the connection's rooms. A room the
+        token does not allow raises :exc:`~client.errors.Forbidden`."""
         reply = await self.request(protocol.join(room), {"joined"}, timeout=timeout)
         return list(reply.get("rooms", self._rooms))
 
@@ -450,15 +519,32 @@ class AsyncClient:
     # ------------------------------------------------------------------------------------------------
     # Connecting
 
+    async def _auth_headers(self) -> dict[str, str]:
+        """The handshake headers, with a token fetched now when ``token`` is a callable."""
+        if self._token is None:
+            return self._headers
+        token: object = self._token
+        if callable(self._token):
+            try:
+                token = self._token()
+                if inspect.isawaitable(token):
+                    token = await token
+                protocol.check_token(token)
+            except Exception as exc:  # the user's token source failed: not something a retry fixes
+                raise ConnectError(f"the token callable failed: {type(exc).__name__}: {exc}") from exc
+        return {**self._headers, "Authorization": f"Bearer {token}"}
+
     async def _open(self) -> _Conn:
-        """TCP, WebSocket handshake and welcome within ``open_timeout``; errors mapped to ClientError."""
+        """TCP, TLS, WebSocket handshake and welcome within ``open_timeout``; errors mapped to ClientError."""
+        headers = await self._auth_headers()
+        tls: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
         ws: ClientConnection | None = None
         try:
             async with asyncio.timeout(self.open_timeout):
                 ws = await ws_connect(
                     self.url,
                     subprotocols=[Subprotocol(self._codec.subprotocol)],
-                    additional_headers=self._headers or None,
+                    additional_headers=headers or None,
                     user_agent_header=USER_AGENT,
                     compression=None,
                     open_timeout=None,
@@ -466,7 +552,7 @@ class AsyncClient:
                     ping_timeout=self.ping_timeout,
                     close_timeout=self.close_timeout,
                     max_size=self.max_size,
-                    **({"proxy": None} | self._connect_kwargs),
+                    **({"proxy": None} | tls | self._connect_kwargs),
                 )
                 codec = protocol.codec_for_subprotocol(ws.subprotocol)
                 raw = await ws.recv(decode=False)
@@ -479,16 +565,19 @@ class AsyncClient:
                 ws.transport.abort()
             raise ConnectTimeout(f"no welcome from {self.url} within {self.open_timeout:g} s") from None
         except ConnectionClosed as exc:
-            raise _lost(*_close_of(exc)) from None
+            raise self._lost(*_close_of(exc)) from None
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            raise HandshakeRejected(f"{self.url} rejected the WebSocket upgrade: HTTP {status}", status) from None
+            raise _rejected(self.url, exc) from None
         except InvalidMessage as exc:
             if isinstance(exc.__cause__, (EOFError, OSError)):
                 raise ConnectionRefused(f"{self.url} closed the connection during the handshake") from exc
             raise HandshakeRejected(f"{self.url}: {exc}") from exc
         except InvalidHandshake as exc:
             raise HandshakeRejected(f"{self.url}: {exc}") from exc
+        except _SSL_DROPPED as exc:
+            raise ConnectionRefused(f"{self.url} dropped the connection during the TLS handshake: {exc}") from exc
+        except ssl_lib.SSLError as exc:  # SSLCertVerificationError included
+            raise TLSError(f"TLS with {self.url} failed: {getattr(exc, 'verify_message', None) or exc}") from exc
         except OSError as exc:
             raise ConnectionRefused(f"cannot connect to {self.url}: {exc.strerror or exc}") from exc
         try:
@@ -501,15 +590,28 @@ class AsyncClient:
         self._gen += 1
         return _Conn(ws, codec, welcome, self._gen)
 
+    def _lost(self, code: int, reason: str) -> ConnectionLost:
+        retry = close_is_retryable(code, reason, fresh_token=self._fresh_token)
+        return ConnectionLost(code, reason) if retry else FatalClose(code, reason)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return is_retryable(exc, fresh_token=self._fresh_token)
+
+    def _next_delay(self, delay: float, last: BaseException | None) -> float:
+        """The backoff delay, or the server's Retry-After when that is longer (capped by the backoff cap)."""
+        retry_after = last.retry_after if isinstance(last, HandshakeRejected) else None
+        return floored(delay, retry_after, self.backoff.cap)
+
     async def _open_with_retry(self) -> _Conn:
         last: ClientError | None = None
         for delay in itertools.chain((0.0,), self.backoff.delays(self._rng)):
+            delay = self._next_delay(delay, last)
             if delay:
                 await asyncio.sleep(delay)
             try:
                 return await self._open()
             except ClientError as exc:
-                if not is_retryable(exc):
+                if not self._retryable(exc):
                     raise
                 last = exc
                 logger.info("connect to %s failed (%s); retrying in up to %.1f s", self.url, exc, self.backoff.cap)
@@ -571,7 +673,7 @@ class AsyncClient:
                     continue
                 self._deliver(msg)
         except ConnectionClosed as exc:
-            lost = _lost(*_close_of(exc))
+            lost = self._lost(*_close_of(exc))
         except asyncio.CancelledError:
             lost = ConnectionLost(1006, "reader cancelled")
             self._on_lost(conn, lost)
@@ -590,7 +692,7 @@ class AsyncClient:
                 req.future.set_exception(lost)
         if self._closing or self._state is State.CLOSED:
             return
-        if self.reconnect and is_retryable(lost):
+        if self.reconnect and self._retryable(lost):
             if self._state is not State.RECONNECTING:
                 logger.info("connection to %s lost (%s); reconnecting", self.url, lost)
                 self._set_state(State.RECONNECTING, lost)
@@ -603,14 +705,14 @@ class AsyncClient:
             self._delays = self.backoff.delays(self._rng)
         last: ClientError = lost
         for delay in self._delays:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._next_delay(delay, last))
             if self._closing:
                 return None
             try:
                 conn = await self._open()
             except ClientError as exc:
                 last = exc
-                if not is_retryable(exc):
+                if not self._retryable(exc):
                     break
                 logger.debug("reconnect to %s failed: %s", self.url, exc)
                 continue
@@ -708,9 +810,7 @@ class AsyncClient:
         if req is None or req.future.done():
             return
         if reply["type"] == "error":
-            req.future.set_exception(
-                ServerError(str(reply.get("code", "error")), str(reply.get("detail", "")), reply)
-            )
+            req.future.set_exception(server_error(reply))
         elif reply["type"] in req.expect:
             req.future.set_result(reply)
         else:

@@ -5,13 +5,18 @@ one at a time, in order, on the event loop; ``/ping``, ``/stats``, ``/join`` and
 answer before the next line is read. On a terminal, incoming messages are printed *above* the prompt: the
 line is cleared, the message printed, then the prompt and the text typed so far are redrawn, so what is
 being typed is never garbled. At ``/exit`` or end of input the command waits (at most ``--wait`` seconds)
-until its own chats and broadcasts have come back and the client is connected, then exits.
+until its own chats and broadcasts have come back (or been refused with an ``error``) and the client is
+connected, then exits.
+
+Chats and broadcasts go out with an ``id`` (``c1``, ``c2``, ...) so that a refusal (``forbidden``,
+``rate_limited``, ``no_room``), which echoes the ``id``, is told apart from a message still on its way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
 import termios
 import threading
@@ -39,6 +44,12 @@ HELP = """commands:
 
 PROMPT = "> "
 
+# Go to column 0 and erase the line. Everything the console writes on a terminal starts with it, and so
+# does the prompt readline draws (between \001 and \002, which tell readline it takes no room), so a
+# prompt redrawn at a moment when readline was not showing one (just before it draws its prompt, or just
+# after the user pressed Enter) is wiped by whatever comes next instead of staying on the screen.
+CLEAR_LINE = "\r\x1b[2K"
+
 
 def _who(msg: dict[str, Any]) -> str:
     user, sender = msg.get("user"), msg.get("from")
@@ -54,8 +65,9 @@ def format_message(msg: dict[str, Any]) -> str:
         body = msg["text"] if "text" in msg else msg.get("data")
         return f"[broadcast] {_who(msg)}: {body}"
     if kind == "welcome":
+        user = f" (user {msg['user']})" if msg.get("user") else ""
         return (
-            f"* connected as {msg.get('client_id')} to worker {msg.get('worker')} "
+            f"* connected as {msg.get('client_id')}{user} to worker {msg.get('worker')} "
             f"(codec {msg.get('codec')}, protocol {msg.get('protocol')}); rooms: {', '.join(msg.get('rooms', []))}"
         )
     if kind == "joined":
@@ -101,7 +113,10 @@ class Console:
 
     On a terminal, while the reader thread sits in ``input()``, a line is printed by clearing the current
     line (``\\r`` + erase), writing the text, then redrawing the prompt and readline's line buffer.
-    Elsewhere, lines are simply written and flushed.
+    ``prompting`` is set just before ``input()`` and cleared just after it returns, so it can be true for
+    an instant when no prompt is showing; every write and readline's own prompt start by clearing the
+    line (:data:`CLEAR_LINE`), so a prompt redrawn in that instant is wiped by the next output instead
+    of staying on the screen. Elsewhere, lines are simply written and flushed.
     """
 
     def __init__(self, out: TextIO, interactive: bool) -> None:
@@ -111,20 +126,24 @@ class Console:
         self.prompting = False
         self._lock = threading.Lock()
         self._buffer: Callable[[], str] = lambda: ""
+        self._input_prompt = PROMPT  # what input() is given
         if interactive:
             try:
                 import readline
 
                 self._buffer = readline.get_line_buffer
+                self._input_prompt = "\001" + CLEAR_LINE + "\002" + PROMPT
             except ImportError:  # pragma: no cover - readline exists on the platforms we run on
                 pass
 
     def print(self, text: str) -> None:
         with self._lock:
-            if self.interactive and self.prompting:
-                self.out.write("\r\x1b[2K" + text + "\n" + self.prompt + self._buffer())
-            else:
+            if not self.interactive:
                 self.out.write(text + "\n")
+            elif self.prompting:
+                self.out.write(CLEAR_LINE + text + "\n" + self.prompt + self._buffer())
+            else:
+                self.out.write(CLEAR_LINE + text + "\n")
             self.out.flush()
 
     def end(self) -> None:
@@ -141,7 +160,7 @@ class Console:
             with self._lock:
                 self.prompting = True
             try:
-                return input(self.prompt)
+                return input(self._input_prompt)
             except EOFError:
                 return None
             finally:
@@ -153,12 +172,21 @@ class Console:
 
 @dataclass(slots=True)
 class _Echoes:
-    """Counts our own chats and broadcasts sent, and those that came back."""
+    """Counts our own chats and broadcasts sent, and those that came back.
 
-    my_ids: set[str] = field(default_factory=set)
+    ``expected`` is raised *before* a message is handed to the client and lowered again when the send
+    fails or the server refuses it with an ``error`` echoing its ``id`` (``pending`` holds the ids that
+    may still be refused), so that an answer can never arrive before it is expected.
+    """
+
+    my_ids: set[str] = field(default_factory=set)  # our client ids, one per connection
     expected: int = 0
     received: int = 0
+    pending: set[str] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def settled(self) -> bool:
+        return self.received >= self.expected
 
 
 class ChatSession:
@@ -169,6 +197,7 @@ class ChatSession:
         self.echoes = _Echoes()
         self.closed = asyncio.Event()
         self.was_connected = False
+        self._msg_ids = (f"c{n}" for n in itertools.count(1))
         client.set_message_callback(self._on_message)
         client.on_state_change(self._on_state)
 
@@ -178,10 +207,18 @@ class ChatSession:
             cid = msg.get("client_id")
             if isinstance(cid, str):
                 self.echoes.my_ids.add(cid)
-        if kind in ("chat", "broadcast") and msg.get("from") in self.echoes.my_ids:
-            self.echoes.received += 1
-            self.echoes.changed.set()
-        if kind in protocol.REPLY_TYPES and "id" in msg:
+        ev = self.echoes
+        if kind in ("chat", "broadcast") and msg.get("from") in ev.my_ids:
+            ev.received += 1
+            if ev.settled():
+                ev.pending.clear()  # nothing of ours is on its way any more
+            ev.changed.set()
+        rid = msg.get("id")
+        if kind == "error" and isinstance(rid, str) and rid in ev.pending:
+            ev.pending.discard(rid)  # one of our chats or broadcasts was refused: it will not come back
+            ev.expected -= 1
+            ev.changed.set()
+        elif kind in protocol.REPLY_TYPES and rid is not None:
             return  # an answer to one of our commands: the command prints it
         self.console.print(format_message(msg))
 
@@ -232,8 +269,7 @@ class ChatSession:
                 if not arg:
                     self.console.print("! usage: /broadcast <text>")
                 else:
-                    await c.send_broadcast(arg)
-                    self.echoes.expected += 1
+                    await self._publish(protocol.broadcast(arg, user=c.user))
             else:
                 self.console.print(f"! unknown command {cmd}; /help lists the commands")
         except ServerError as exc:
@@ -244,12 +280,28 @@ class ChatSession:
 
     async def _chat(self, text: str) -> None:
         try:
-            await self.client.send_chat_message(text)
-        except (ClientError, ValueError) as exc:
+            msg = protocol.chat(text, self.client.user)
+        except ValueError as exc:
             self.console.print(f"! not sent: {exc}")
             return
-        if self.client.rooms:  # we are in the current room, so the server sends it back to us
-            self.echoes.expected += 1
+        try:
+            await self._publish(msg)
+        except ClientError as exc:
+            self.console.print(f"! not sent: {exc}")
+
+    async def _publish(self, msg: dict[str, Any]) -> None:
+        """Send a chat (to the current room, of which we are a member) or a broadcast; both come back to
+        us unless the server refuses them. Raises what the send raises."""
+        ev = self.echoes
+        rid = next(self._msg_ids)
+        ev.pending.add(rid)
+        ev.expected += 1
+        try:
+            await self.client.send_message({**msg, "id": rid})
+        except BaseException:
+            ev.pending.discard(rid)
+            ev.expected -= 1
+            raise
 
     async def drain(self) -> None:
         """Wait, at most ``wait_s``, until we are connected and our own messages have come back."""
@@ -257,7 +309,7 @@ class ChatSession:
         deadline = loop.time() + self.wait_s
         ev = self.echoes
         while loop.time() < deadline and self.client.state is not State.CLOSED:
-            if self.client.state is State.CONNECTED and ev.received >= ev.expected:
+            if self.client.state is State.CONNECTED and ev.settled():
                 return
             ev.changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -274,12 +326,16 @@ async def run_chat(
     wait_s: float = 5.0,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
+    *,
+    cafile: str | None = None,
+    token: str | None = None,
 ) -> int:
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     interactive = stdin.isatty() and stdout.isatty()
+    client = AsyncClient(url, codec, user=user, request_timeout=wait_s, inbox_size=0, cafile=cafile, token=token)
     with _terminal_restored(stdin if interactive else None):
-        return await _chat(url, codec, user, room, wait_s, stdin, stdout, interactive)
+        return await _chat(client, room, wait_s, stdin, stdout, interactive)
 
 
 @contextlib.contextmanager
@@ -298,22 +354,14 @@ def _terminal_restored(stdin: TextIO | None) -> Iterator[None]:
 
 
 async def _chat(
-    url: str,
-    codec: str,
-    user: str | None,
-    room: str | None,
-    wait_s: float,
-    stdin: TextIO,
-    stdout: TextIO,
-    interactive: bool,
+    client: AsyncClient, room: str | None, wait_s: float, stdin: TextIO, stdout: TextIO, interactive: bool
 ) -> int:
     console = Console(stdout, interactive)
-    client = AsyncClient(url, codec, user=user, request_timeout=wait_s, inbox_size=0)
     session = ChatSession(client, console, wait_s)
     try:
         await client.connect()
     except ClientError as exc:
-        print(f"chat: cannot connect to {url}: {exc}", file=sys.stderr)
+        print(f"chat: cannot connect to {client.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if interactive:
         console.print("type /help for the commands, /exit to quit")
@@ -330,7 +378,10 @@ async def _chat(
                 line = console.read_line(stdin)
             except (OSError, ValueError, KeyboardInterrupt):
                 line = None
-            loop.call_soon_threadsafe(lines.put_nowait, line)
+            try:
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+            except RuntimeError:  # the loop is closed: the chat ended (e.g. a fatal close) while we read
+                return
             if line is None:
                 return
             next_line.wait()

@@ -2,6 +2,9 @@
 
 Exit status: 0 success, 1 failure at run time (server unreachable, a demo step failed, stress errors),
 2 bad arguments, 130 interrupted.
+
+Every command takes ``--url``, ``--codec``, ``--user``, ``--cafile`` and ``--token``; ``--url``,
+``--cafile`` and ``--token`` default to ``$FANWIRE_URL``, ``$FANWIRE_CAFILE`` and ``$FANWIRE_TOKEN``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +44,21 @@ def _user(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def _cafile(value: str) -> str:
+    try:
+        ssl.create_default_context(cafile=value)
+    except (OSError, ssl.SSLError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot load CA file {value!r}: {exc}") from None
+    return value
+
+
+def _token(value: str) -> str:
+    try:
+        return protocol.check_token(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _room(value: str) -> str:
@@ -85,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--codec", choices=sorted(protocol.CODECS), default="json", help="wire codec (default: json)")
     g.add_argument("--user", type=_user, default=None, help="user name shown on your messages (1-64 chars)")
+    g.add_argument(
+        "--cafile",
+        type=_cafile,
+        default=None,
+        metavar="PEM",
+        help="for wss:// URLs: trust the CA certificate(s) in this file instead of the system CAs "
+        "(default: $FANWIRE_CAFILE)",
+    )
+    g.add_argument(
+        "--token",
+        type=_token,
+        default=None,
+        help="token for a server with authentication, sent as 'Authorization: Bearer' (default: "
+        "$FANWIRE_TOKEN, the better place for it: command lines are visible to other users)",
+    )
     g.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
 
     parser = argparse.ArgumentParser(
@@ -152,8 +186,33 @@ def _normalize(argv: list[str]) -> list[str]:
     return argv
 
 
+def _security(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill ``args.cafile`` and ``args.token`` from the environment, and check them against the URL.
+
+    ``--cafile`` with a ``ws://`` URL is an error; ``$FANWIRE_CAFILE`` is ignored for ``ws://`` URLs (it
+    may be set for another server).
+    """
+    secure = parse_uri(args.url).secure
+    if args.cafile is not None and not secure:
+        parser.error(f"--cafile needs a wss:// URL, not {args.url!r}")
+    env_cafile = os.environ.get("FANWIRE_CAFILE") or None
+    if args.cafile is None and env_cafile is not None and secure:
+        try:
+            args.cafile = _cafile(env_cafile)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"$FANWIRE_CAFILE: {exc}")
+    env_token = os.environ.get("FANWIRE_TOKEN") or None
+    if args.token is None and env_token is not None:
+        try:
+            args.token = _token(env_token)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"$FANWIRE_TOKEN: {exc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_normalize(list(sys.argv[1:] if argv is None else argv)))
+    parser = build_parser()
+    args = parser.parse_args(_normalize(list(sys.argv[1:] if argv is None else argv)))
+    _security(parser, args)
     logging.basicConfig(
         level={0: logging.ERROR, 1: logging.INFO}.get(args.verbose, logging.DEBUG),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -163,11 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            return run_demo(args.url, args.codec, args.user)
+            return run_demo(args.url, args.codec, args.user, cafile=args.cafile, token=args.token)
         if args.command == "chat":
             from .chat import run_chat
 
-            return asyncio.run(run_chat(args.url, args.codec, args.user, args.room, args.wait))
+            return asyncio.run(
+                run_chat(args.url, args.codec, args.user, args.room, args.wait, cafile=args.cafile, token=args.token)
+            )
         return _stress(args)
     except KeyboardInterrupt:
         return 130
@@ -192,6 +253,8 @@ def _stress(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         max_time=args.max_time,
         user=args.user,
+        cafile=args.cafile,
+        token=args.token,
     )
     show_bar = not args.no_progress and sys.stderr.isatty()
     result = run_stress(cfg, progress_stream=sys.stderr if show_bar else None)

@@ -47,7 +47,17 @@ class _Inbox:
         raise ClientError(f"no {what} within {timeout:g} s")
 
 
-def run_demo(url: str, codec: str, user: str | None, out: TextIO | None = None) -> int:
+def run_demo(
+    url: str,
+    codec: str,
+    user: str | None,
+    out: TextIO | None = None,
+    *,
+    cafile: str | None = None,
+    token: str | None = None,
+) -> int:
+    """Run the tour; 0 when every step worked. With authentication on, ``token`` must allow every room
+    and broadcasts (the server then shows the token's user instead of ``user``)."""
     out = out if out is not None else sys.stdout
     user = user or "alice"
     other = "msgpack" if codec == "json" else "json"
@@ -58,7 +68,7 @@ def run_demo(url: str, codec: str, user: str | None, out: TextIO | None = None) 
 
     say("fanwire demo", f"{url}, codec {codec}, user {user}")
     inbox = _Inbox()
-    c = Client(url, codec=codec)
+    c = Client(url, codec=codec, cafile=cafile, token=token)
     c.set_message_callback(inbox.put)
     second: Client | None = None
     step = "connect"
@@ -103,12 +113,13 @@ def run_demo(url: str, codec: str, user: str | None, out: TextIO | None = None) 
         sample = protocol.chat("Hello World!", user, "lobby")
         sizes = {name: len(cd.encode(sample)) for name, cd in protocol.CODECS.items()}
         say("8. codecs", "the same chat encodes to " + ", ".join(f"{n} B in {k}" for k, n in sizes.items()))
-        second = Client(url, codec=other)
+        second = Client(url, codec=other, cafile=cafile, token=token)
         inbox2 = _Inbox()
         second.set_message_callback(inbox2.put)
         second.connect()
         second.send_chat_message(f"hi from a {other} client", "bob")
-        got = inbox.expect(f"chat from the {other} client", lambda m: m["type"] == "chat" and m.get("user") == "bob")
+        them = second.client_id
+        got = inbox.expect(f"chat from the {other} client", lambda m: m["type"] == "chat" and m.get("from") == them)
         say("", f"a {other} client said hello; this {codec} client received: {format_message(got)}")
     except ClientError as exc:
         print(f"demo: {step} failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ __all__ = [
     "Message",
     "broadcast",
     "chat",
+    "check_token",
     "codec_for_subprotocol",
     "custom",
     "get_codec",
@@ -38,6 +39,7 @@ REPLY_TYPES: Final = frozenset({"pong", "stats", "joined", "left", "error"})
 
 MAX_ROOM_LEN: Final = 128
 MAX_USER_LEN: Final = 64
+MAX_TOKEN_LEN: Final = 8192
 
 
 class DecodeError(ValueError):
@@ -180,3 +182,12 @@ def custom(action: str, data: Any = None) -> Message:
     if data is not None:
         msg["data"] = data
     return msg
+
+
+def check_token(token: object) -> str:
+    """``token`` if it fits an ``Authorization: Bearer`` header (printable, no whitespace), else ValueError."""
+    if not isinstance(token, str):
+        raise ValueError(f"a token must be a string, not {type(token).__name__}")
+    if not 0 < len(token) <= MAX_TOKEN_LEN or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError(f"a token must be 1 to {MAX_TOKEN_LEN} printable characters without spaces")
+    return token

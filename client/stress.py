@@ -24,6 +24,7 @@ import multiprocessing.sharedctypes
 import os
 import platform
 import queue
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from websockets.typing import Subprotocol
 from . import protocol
 from .histogram import Histogram
 
-__all__ = ["StressConfig", "format_table", "run_stress", "split"]
+__all__ = ["StressConfig", "format_table", "redact_argv", "run_stress", "split"]
 
 # Connections opened at once per process: a connection storm beyond the listen backlog only adds SYN retries.
 _CONNECT_CONCURRENCY = 200
@@ -61,6 +62,17 @@ class StressConfig:
     timeout: float = 5.0  # seconds to wait for any one reply, and to open a connection
     max_time: float = 600.0  # hard bound on the load phase
     user: str | None = None
+    cafile: str | None = None  # CA file for wss:// URLs (None: the system CAs)
+    token: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer; never reported
+
+    def connect_options(self) -> dict[str, Any]:
+        """TLS and authentication options for websockets' ``connect``."""
+        opts: dict[str, Any] = {}
+        if self.cafile is not None:
+            opts["ssl"] = ssl.create_default_context(cafile=self.cafile)
+        if self.token is not None:
+            opts["additional_headers"] = {"Authorization": f"Bearer {self.token}"}
+        return opts
 
     def process_count(self) -> int:
         if self.processes > 0:
@@ -110,6 +122,7 @@ def padding_for(codec: protocol.Codec, size: int) -> str:
 
 async def _one_connection(
     cfg: StressConfig,
+    options: dict[str, Any],
     codec: protocol.Codec,
     pad: str,
     go: asyncio.Event,
@@ -127,6 +140,7 @@ async def _one_connection(
                 ping_interval=None,
                 proxy=None,
                 max_size=None,
+                **options,
             ),
             cfg.timeout,
         )
@@ -208,6 +222,7 @@ async def _process_main(
 ) -> _Tally:
     codec = protocol.get_codec(cfg.codec)
     pad = padding_for(codec, cfg.size)
+    options = cfg.connect_options()  # one SSLContext for all of this process's connections
     tally = _Tally()
     go = asyncio.Event()
     start_ref = [0.0]
@@ -225,7 +240,9 @@ async def _process_main(
         tasks = []
         for _ in range(n_conns):
             await sem.acquire()
-            tasks.append(asyncio.create_task(_one_connection(cfg, codec, pad, go, connected, tally, start_ref)))
+            tasks.append(
+                asyncio.create_task(_one_connection(cfg, options, codec, pad, go, connected, tally, start_ref))
+            )
         return tasks
 
     tasks = await spawn()
@@ -400,7 +417,7 @@ def _summarize(
         "tool": "fanwire-client-stress",
         "format": 1,
         "started_at": started_at,
-        "config": {**asdict(cfg), "processes": nproc},
+        "config": {**asdict(cfg), "processes": nproc, "token": "(set)" if cfg.token else None},
         "connections": {"requested": cfg.connections, "opened": opened, "failed": cfg.connections - opened},
         "messages": {"sent": sent, "received": received},
         "errors": {**errors, "total": sum(errors.values())},
@@ -424,9 +441,27 @@ def _summarize(
             "machine": platform.machine(),
             "system": platform.system(),
             "cpus": os.cpu_count(),
-            "argv": sys.argv,
+            "argv": redact_argv(sys.argv),
         },
     }
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the value of ``--token`` replaced: reports get shared, tokens must not be."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        is_token = len(name) >= 4 and "--token".startswith(name)  # argparse takes --tok for --token
+        if hide_next:
+            out.append("(set)")
+            hide_next = False
+        elif is_token and eq:
+            out.append(f"{name}=(set)")
+        else:
+            out.append(arg)
+            hide_next = is_token
+    return out
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import itertools
 import random
 import statistics
@@ -92,3 +93,30 @@ def test_every_delay_is_within_zero_and_min_cap_base_two_to_the_n(
     for n, d in enumerate(delays):
         assert 0 <= d <= min(cap, base * 2**n)
         assert d <= cap
+
+
+def test_retry_after_in_seconds_or_as_an_http_date() -> None:
+    from client.backoff import parse_retry_after
+
+    now = 1_700_000_000.0
+    assert parse_retry_after("1", now) == 1.0
+    assert parse_retry_after(" 120 ", now) == 120.0
+    assert parse_retry_after(None, now) is None
+    for bad in ("", "-1", "1.5", "soon", "Wed, 99 Foo 2023 00:00:00 GMT"):
+        assert parse_retry_after(bad, now) is None, bad
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(date, now) == pytest.approx(30.0)
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0  # in the past
+
+
+@pytest.mark.parametrize(("delay", "retry_after", "cap", "expected"), [
+    (0.1, None, 5.0, 0.1),  # no Retry-After: the backoff delay
+    (0.1, 1.0, 5.0, 1.0),  # at least what the server asked for
+    (3.0, 1.0, 5.0, 3.0),  # a longer backoff delay stays
+    (0.1, 30.0, 5.0, 5.0),  # but never more than the cap
+    (0.1, 0.0, 5.0, 0.1),
+])
+def test_floored(delay: float, retry_after: float | None, cap: float, expected: float) -> None:
+    from client.backoff import floored
+
+    assert floored(delay, retry_after, cap) == expected

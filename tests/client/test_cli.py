@@ -123,3 +123,32 @@ def test_format_table_has_every_required_row() -> None:
     for needle in ("throughput", "18.0 msg/s", "errors", "1 (timeout 1)", "latency p50", "0.100 ms",
                    "latency p90", "latency p99 ", "latency p99.9", "0.400 ms"):
         assert needle in table
+
+
+def test_console_starts_every_terminal_write_on_a_cleared_line() -> None:
+    import io
+
+    from client.chat import CLEAR_LINE, PROMPT, Console
+
+    out = io.StringIO()
+    console = Console(out, interactive=True)
+    console._buffer = lambda: "half a li"  # what readline holds
+    console.print("before any prompt")
+    console.prompting = True
+    console.print("[lobby] eve: hi")
+    console.prompting = False
+    console.print("* pong")
+    assert out.getvalue() == (CLEAR_LINE + "before any prompt\n"
+                              + CLEAR_LINE + "[lobby] eve: hi\n" + PROMPT + "half a li"
+                              + CLEAR_LINE + "* pong\n")  # wipes a prompt redrawn just after Enter
+    assert console._input_prompt.endswith(PROMPT) and CLEAR_LINE in console._input_prompt
+    piped = io.StringIO()
+    Console(piped, interactive=False).print("plain")
+    assert piped.getvalue() == "plain\n"
+
+
+def test_redact_argv_hides_the_token() -> None:
+    from client.stress import redact_argv
+
+    argv = ["m", "--token", "SECRET1", "--tok=SECRET2", "--to", "SECRET3", "--timeout", "3", "-c", "2"]
+    assert redact_argv(argv) == ["m", "--token", "(set)", "--tok=(set)", "--to", "(set)", "--timeout", "3", "-c", "2"]

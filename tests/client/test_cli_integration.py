@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from client import Client
+from tests.client.fakes import Lines, wait_for
 from tests.helpers import ROOT, ServerProcess, T
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,12 +24,11 @@ def client_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "client", *args]
 
 
-def wait_for(pred: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + T(timeout)
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(0.01)
+def line_of(lines: list[str], prefix: str, output: str) -> int:
+    """The index of the one line starting with ``prefix``."""
+    hits = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+    assert len(hits) == 1, (prefix, hits, output)
+    return hits[0]
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
@@ -53,61 +53,70 @@ def test_chat_through_a_pipe_handles_lines_in_order_and_waits_for_answers(server
         p = subprocess.run(client_cmd("chat", "--url", server.url, "--user", "alice"), cwd=ROOT, input=script,
                            capture_output=True, text=True, timeout=T(30))
         assert p.returncode == 0, p.stderr
-        lines = p.stdout.splitlines()
-        wanted = [
-            "* connected as",
-            "[lobby] alice: hello",
-            "* pong: ",
-            "* joined games; rooms: lobby, games",
-            "[games] alice: in games",
-            "* stats: ",
-            "! error not_in_room",
-            "* you are now bob",
-            "[games] bob: /slash",
-            "! unknown command /bogus",
-            "[broadcast] bob: to all",
-            "commands:",
-            "[games] bob: last words",  # end of input: it waited until its last message came back
-        ]
-        pos = 0
-        for needle in wanted:  # in this order: each command was handled before the next line
-            while pos < len(lines) and not lines[pos].startswith(needle):
-                pos += 1
-            assert pos < len(lines), (needle, p.stdout)
-        wait_for(lambda: any(m["text"] == "last words" for m in seen), 5, "observer got the chat")
+        out = p.stdout
+        lines = out.splitlines()
+        at = {prefix: line_of(lines, prefix, out) for prefix in (
+            "* connected as", "* pong: ", "* joined games; rooms: lobby, games", "* stats: ", "! error not_in_room",
+            "* you are now bob", "! unknown command /bogus", "commands:",
+            "[lobby] alice: hello", "[games] alice: in games", "[games] bob: /slash", "[broadcast] bob: to all",
+            "[games] bob: last words",
+        )}
+        # What each command prints comes in input order: a line is handled before the next one is read.
+        commands = ["* connected as", "* pong: ", "* joined games; rooms: lobby, games", "* stats: ",
+                    "! error not_in_room", "* you are now bob", "! unknown command /bogus", "commands:"]
+        assert [at[c] for c in commands] == sorted(at[c] for c in commands), out
+        # Our own messages come back in the order they were sent (one connection: the server answers in
+        # order)...
+        echoes = ["[lobby] alice: hello", "[games] alice: in games", "[games] bob: /slash",
+                  "[broadcast] bob: to all", "[games] bob: last words"]
+        assert [at[e] for e in echoes] == sorted(at[e] for e in echoes), out
+        # ... each after the line that sent it and, for the same reason, before the answer to the next
+        # request; but a chat is not waited for, so its echo may come before or after what the next
+        # commands print locally (/nick, /bogus, /help): no order is asserted there.
+        assert at["* connected as"] < at["[lobby] alice: hello"] < at["* pong: "]
+        assert at["* joined games; rooms: lobby, games"] < at["[games] alice: in games"] < at["* stats: "]
+        assert at["* you are now bob"] < at["[games] bob: /slash"]
+        assert at["! unknown command /bogus"] < at["[broadcast] bob: to all"]
+        assert at["commands:"] < at["[games] bob: last words"]
+        assert lines[-1] == "[games] bob: last words"  # end of input: it waited until its last message came back
+        assert "did not come back" not in out
+        wait_for(lambda: any(m["text"] == "last words" for m in seen), 10, "observer got the chat")
         assert [m["text"] for m in seen if m.get("user") in ("alice", "bob")] == ["hello", "in games", "/slash", "last words"]
+
+
+def test_chat_without_a_room_is_refused_and_not_waited_for(server: ServerProcess) -> None:
+    # a chat while in no room is refused (no_room, echoing the chat's id): at the end of input the command
+    # knows it will not come back and exits at once instead of waiting --wait seconds for it
+    start = time.monotonic()
+    p = subprocess.run(client_cmd("chat", "--url", server.url, "--wait", "60"), cwd=ROOT,
+                       input="/leave lobby\nanyone?\n", capture_output=True, text=True, timeout=T(30))
+    assert p.returncode == 0, p.stderr
+    assert "! error no_room" in p.stdout and "did not come back" not in p.stdout, p.stdout
+    assert time.monotonic() - start < 30  # not the 60 s of --wait
 
 
 def test_chat_keeps_working_across_a_server_restart() -> None:
     with ServerProcess(workers=2) as srv:
-        p = subprocess.Popen(client_cmd("chat", "--url", srv.url, "--user", "carol"), cwd=ROOT,
+        # --wait 30: at /exit it may still be in a backoff wait (up to 5 s) if the stop raced with a reconnect
+        p = subprocess.Popen(client_cmd("chat", "--url", srv.url, "--user", "carol", "--wait", "30"), cwd=ROOT,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert p.stdin is not None and p.stdout is not None
-        out: list[str] = []
-
-        def read_until(needle: str, timeout: float = 10.0) -> None:
-            assert p.stdout is not None
-            deadline = time.monotonic() + T(timeout)
-            while time.monotonic() < deadline:
-                r, _, _ = select.select([p.stdout], [], [], 0.1)
-                if r:
-                    line = p.stdout.readline()
-                    out.append(line)
-                    if needle in line:
-                        return
-            raise AssertionError(f"{needle!r} not seen; output so far: {''.join(out)}")
-
+        out = Lines(p.stdout)
         try:
             p.stdin.write("/join games\nbefore\n")
             p.stdin.flush()
-            read_until("[games] carol: before")
+            out.until("[games] carol: before", 20)
             srv.stop()
-            read_until("reconnecting...")
+            out.until("reconnecting...")
+            down = time.monotonic()  # the server is gone: no connection can succeed from here to start()
             srv.start()
-            read_until("reconnected")
+            # A "reconnected" from before the stop completed does not count: the workers stop one after
+            # the other, so the client may have got back in to one still up. The default backoff (cap 5 s)
+            # may be in its longest wait when the server comes back.
+            out.until("reconnected", 5 + 15, since=down)
             p.stdin.write("after\n/exit\n")
             p.stdin.flush()
-            read_until("[games] carol: after")  # still in games: the room was re-joined
+            out.until("[games] carol: after", 20)  # still in games: the room was re-joined
             assert p.wait(T(10)) == 0
         finally:
             if p.poll() is None:
@@ -140,18 +149,18 @@ def test_chat_on_a_pseudo_terminal_redraws_the_line_being_typed(server: ServerPr
     try:
         with Client(server.url) as observer:
             observer.on("chat", seen.append)
-            read_until(b"type /help")
+            read_until(b"type /help", 20)  # the process starts (slowly on a loaded machine) and connects
             read_until(b"> ")
             os.write(master, b"half a li")  # typed, not sent
             read_until(b"half a li")
             mark = len(buf)
             observer.send_chat_message("interrupting!", "eve")
-            read_until(b"eve: interrupting!")
-            after = bytes(buf[mark:])
-            # the message got its own line, then the prompt came back with what was typed so far
-            assert b"\r\x1b[2K[lobby] eve: interrupting!\r\n> half a li" in after, after
+            # the message gets its own line, then the prompt comes back with what was typed so far (waited
+            # for whole: the terminal may hand the output over in more than one piece)
+            redrawn = b"\r\x1b[2K[lobby] eve: interrupting!\r\n> half a li"
+            assert read_until(redrawn) >= mark, bytes(buf)
             os.write(master, b"ne\r")
-            wait_for(lambda: any(m["text"] == "half a line" for m in seen), 5, "the typed line arrived whole")
+            wait_for(lambda: any(m["text"] == "half a line" for m in seen), 10, "the typed line arrived whole")
             assert [m["text"] for m in seen if m.get("user") == "dora"] == ["half a line"]
             os.write(master, b"/exit\r")
             assert p.wait(T(10)) == 0

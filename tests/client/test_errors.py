@@ -12,7 +12,8 @@ pytestmark = pytest.mark.timeout(30)
 ALL = [
     errors.ConnectError, errors.ConnectionRefused, errors.HandshakeRejected, errors.ConnectTimeout,
     errors.ClientTimeout, errors.RequestTimeout, errors.ServerError, errors.ConnectionLost,
-    errors.FatalClose, errors.NotConnected, errors.SendQueueFull,
+    errors.FatalClose, errors.NotConnected, errors.SendQueueFull, errors.TLSError, errors.RateLimited,
+    errors.Forbidden,
 ]
 
 
@@ -71,3 +72,39 @@ def test_other_classifications() -> None:
     assert not errors.is_retryable(errors.FatalClose(1000))  # FatalClose is fatal whatever its code
     assert not errors.is_retryable(errors.ServerError("bad_message"))
     assert errors.is_retryable(ConnectionResetError())
+
+
+def test_rate_limited_and_forbidden_are_server_errors_with_the_request_id() -> None:
+    assert issubclass(errors.RateLimited, errors.ServerError) and issubclass(errors.Forbidden, errors.ServerError)
+    assert not issubclass(errors.RateLimited, errors.Forbidden) and not issubclass(errors.Forbidden, errors.RateLimited)
+    limited = errors.server_error({"type": "error", "code": "rate_limited", "detail": "slow down", "id": 7})
+    assert type(limited) is errors.RateLimited and (limited.code, limited.detail, limited.id) == ("rate_limited", "slow down", 7)
+    forbidden = errors.server_error({"type": "error", "code": "forbidden", "id": "c1"})
+    assert type(forbidden) is errors.Forbidden and forbidden.id == "c1" and str(forbidden) == "forbidden"
+    other = errors.server_error({"type": "error", "code": "bad_room", "detail": "x"})
+    assert type(other) is errors.ServerError and other.id is None
+    assert errors.server_error({"type": "error", "id": True}).id is None  # not a valid id
+    for exc in (limited, forbidden, other):
+        assert not errors.is_retryable(exc)
+
+
+def test_tls_errors_and_failing_token_sources_are_not_retried() -> None:
+    assert issubclass(errors.TLSError, errors.ConnectError)
+    assert not errors.is_retryable(errors.TLSError("certificate verify failed"))
+    assert not errors.is_retryable(errors.ConnectError("the token callable failed"))
+
+
+def test_handshake_rejected_carries_retry_after() -> None:
+    exc = errors.HandshakeRejected("busy", 503, 1.0)
+    assert (exc.status, exc.retry_after) == (503, 1.0) and errors.is_retryable(exc)
+    assert errors.HandshakeRejected("x", 401).retry_after is None
+
+
+def test_token_expired_is_retried_only_with_a_fresh_token() -> None:
+    expired = errors.ConnectionLost(1008, errors.TOKEN_EXPIRED_REASON)
+    assert not errors.is_retryable(expired)
+    assert errors.is_retryable(expired, fresh_token=True)
+    assert errors.close_is_retryable(1008, "token expired", fresh_token=True)
+    assert not errors.close_is_retryable(1008, "rate limit exceeded", fresh_token=True)
+    assert not errors.close_is_retryable(1002, "token expired", fresh_token=True)
+    assert not errors.is_retryable(errors.FatalClose(1008, "token expired"), fresh_token=True)

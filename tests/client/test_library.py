@@ -19,18 +19,10 @@ from client import (
     ServerError,
     State,
 )
-from tests.client.fakes import FakeServer, run
+from tests.client.fakes import FakeServer, run, wait_for
 from tests.helpers import ServerProcess, T, free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_for(pred: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + T(timeout)
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -40,13 +32,15 @@ def test_blocking_facade_exactly_as_in_the_issue(
     from client import Client
 
     c = Client(server.url, codec=codec)  # the issue's example, with the test server's URL
+    stats_seen = threading.Event()  # (not in the example) to know when the stats answer has been printed
+    c.on("stats", lambda msg: stats_seen.set())  # per-type callbacks run after the message callback
     c.set_message_callback(lambda msg: print("Received:", msg))
     c.connect()
     c.send_chat_message("Hello World!", "alice")
     c.send_broadcast("to everyone")
     rtt = c.ping()  # returns the round-trip time in ms
     c.join("games"); c.send_message({"type": "custom", "action": "get_stats"})  # noqa: E702
-    time.sleep(T(0.3))  # (not in the example) let the stats answer reach the callback before closing
+    assert stats_seen.wait(T(10)), "no stats answer"  # (not in the example) wait for it before closing
     c.disconnect()
 
     assert isinstance(rtt, float) and 0 < rtt < T(1000)
