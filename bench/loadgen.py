@@ -446,18 +446,22 @@ class Gen:
         async def one(i: int, due_ns: int) -> None:
             nonlocal first, last
             src = sources[i % len(sources)] if sources else None
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock: socket.socket | None = None
             proto: Client | None = None
             try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if src:
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-                    sock.bind((src, 0))
                 async with asyncio.timeout(timeout):
-                    await self.loop.sock_connect(sock, (host, port))
-                    _, proto = await self.loop.create_connection(
-                        lambda: Client(self, request, self.accept, expect_welcome, codec), sock=sock)
+                    if src:
+                        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                        sock.setblocking(False)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                        sock.bind((src, 0))
+                        await self.loop.sock_connect(sock, (host, port))
+                        _, proto = await self.loop.create_connection(
+                            lambda: Client(self, request, self.accept, expect_welcome, codec), sock=sock)
+                    else:  # one step: no extra loop iterations between connect and handshake
+                        _, proto = await self.loop.create_connection(
+                            lambda: Client(self, request, self.accept, expect_welcome, codec), host, port)
                     await proto.opened
                 hist.record((proto.hs_ns - due_ns) // 1000)
                 self.conns.append(proto)
@@ -468,7 +472,7 @@ class Gen:
                 errors[kind] = errors.get(kind, 0) + 1
                 if proto is not None and proto.transport is not None:
                     proto.transport.abort()
-                else:
+                elif sock is not None:
                     sock.close()
             finally:
                 sem.release()
