@@ -22,8 +22,9 @@ from .targets import DOC
 
 __all__ = ["CHARTS", "draw_all"]
 
-COLORS = {"fanwire": "tab:blue", "baseline": "tab:orange", "fanwire-echo": "tab:cyan"}
-LABELS = {"fanwire": "fanwire", "baseline": "baseline (websockets serve)", "fanwire-echo": "fanwire --mode echo"}
+COLORS = {"fanwire": "tab:blue", "baseline": "tab:orange", "fanwire-echo": "tab:cyan", "fanwire-redis": "tab:red"}
+LABELS = {"fanwire": "fanwire", "baseline": "baseline (websockets serve)", "fanwire-echo": "fanwire --mode echo",
+          "fanwire-redis": "fanwire, Redis bus (2 nodes x 1 worker)"}
 OTHER_RUN_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive")
 DOC_STYLE: dict[str, Any] = {"color": "tab:red", "linestyle": "--", "linewidth": 1.4}
 GOAL_STYLE: dict[str, Any] = {"color": "tab:green", "linestyle": ":", "linewidth": 1.8}

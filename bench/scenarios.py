@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +28,7 @@ import orjson
 from .hist import Histogram
 from .loadgen import LoadError, LoadPool, ping_frame
 from .procstat import MAX_LOAD_PROCESSES, CorePlan, CpuWindow, cores, others_pct
-from .servers import Server
+from .servers import Server, free_port
 from .wsproto import OP_BINARY, OP_TEXT, masked_frame
 
 __all__ = ["SCENARIOS", "Ctx", "Scenario", "by_name"]
@@ -482,8 +485,12 @@ def run_fanout(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
                             f"{_cpu_line(run)}{' SATURATED' if run['saturated'] else ''}")
                     if run["saturated"]:
                         break
+    redis_note = ""
+    if p.get("redis") and "fanwire" in ctx.targets:
+        redis_runs, redis_note = run_fanout_redis(ctx, p, p["redis"])
+        runs += redis_runs
     summary: dict[str, Any] = {}
-    biggest = max((r["subscribers"] for r in runs), default=0)
+    biggest = max((r["subscribers"] for r in runs if r["target"] != REDIS_TARGET), default=0)
     for kind in ("fanwire", "baseline"):
         mine = [r for r in runs if r["target"] == kind]
         if not mine:
@@ -503,7 +510,131 @@ def run_fanout(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
              f"{best['cross_worker_ms']['p99']} ms" if kind == "fanwire" else "")
         if top != biggest and kind == "fanwire":
             summary["deliveries_per_s"]["note"] += f" (the {biggest:,} group did not run for fanwire)"
+    redis = [r for r in runs if r["target"] == REDIS_TARGET]
+    if redis:
+        best = max(redis, key=lambda r: r["deliveries_per_s"] if not r["saturated"] else 0)
+        pipe = next((r for r in runs if r["target"] == "fanwire" and r["subscribers"] == best["subscribers"]
+                     and r["rate"] == best["rate"]), None)
+        pipe_txt = (f"; the pipe bus (1 node x 2 workers) at the same setting: {pipe['deliveries_per_s']:,.0f}"
+                    f" deliveries/s, p99 {pipe['latency_ms']['p99']} ms" if pipe else "")
+        _put(summary, "redis_deliveries_per_s", "fanwire", best["deliveries_per_s"],
+             f"2 nodes x 1 worker sharing one redis-server, {best['subscribers']:,} subscribers split over the "
+             f"nodes, {best['rate']} broadcasts/s from node a{pipe_txt}")
+        _put(summary, "redis_p99_ms", "fanwire", best["latency_ms"]["p99"])
+    elif redis_note:
+        summary["redis_skipped"] = redis_note
     return {"config": p, "runs": runs, "summary": summary}
+
+
+REDIS_TARGET = "fanwire-redis"
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port (no persistence); yields its URL."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise LoadError("no redis-server binary")
+    port = free_port(HOST)
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((HOST, port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise LoadError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def run_fanout_redis(ctx: Ctx, p: dict[str, Any], rp: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The same fan-out over the Redis bus: two nodes of one worker each share one redis-server, the
+    subscribers are split between them, and the publisher sits on node a, so half the deliveries cross
+    Redis. Compared with the pipe bus (one node, two workers) at the same settings."""
+    runs: list[dict[str, Any]] = []
+    subs = int(rp["subs"])
+    try:
+        cm = redis_server()
+        url = cm.__enter__()
+    except LoadError as exc:
+        ctx.log(f"fanout: Redis bus skipped: {exc}")
+        return runs, f"skipped: {exc}"
+    try:
+        plan = CorePlan.make(2, ctx.cpus)
+        nodes = [Server("fanwire", 1, log_dir=ctx.out / "tmp", plan=CorePlan(plan.server[i:i + 1], plan.load,
+                                                                              plan.shared),
+                        extra_args=["--bus", "redis", "--redis-url", url, "--node-id", name])
+                 for i, name in enumerate(("a", "b"))]
+        nproc = max(p.get("load_processes", min(ctx.ncpu, MAX_LOAD_PROCESSES)),
+                    math.ceil(subs / conns_per_load_process()))
+        pool = LoadPool(plan.load_processes(nproc), None if plan.shared else plan.load)
+        try:
+            for srv in nodes:
+                srv.start()
+            pool.start()
+            opened = sum(open_conns(pool, srv, n, None)["opened"] for srv, n in zip(nodes, split(subs, 2)))
+            time.sleep(0.5)  # subscriptions settle
+            ctx.log(f"fanout: fanwire over Redis, {opened:,} subscribers on 2 nodes x 1 worker")
+            pids = [pid for srv in nodes for pid in srv.pids]
+            for rate in rp["rates"]:
+                start_at = time.monotonic() + 0.3
+                w0 = start_at + p["warmup"]
+                w1 = w0 + p["duration"]
+                pool.call("listen", {"w0": w0, "w1": w1, "sample_every": rp.get("sample_every", 1)}, timeout=30)
+                count = int(rate * (p["warmup"] + p["duration"]))
+                tickets = pool.submit("publish", {"rate": rate, "start_at": start_at, "count": count,
+                                                  "size": p["size"]}, only=[0])
+                scpu, gcpu = CpuWindow(pids), CpuWindow(pool.pids)
+                _sleep_until(w0)
+                scpu.start()
+                gcpu.start()
+                _sleep_until(w1)
+                scpu.stop()
+                gcpu.stop()
+                pub = pool.wait(tickets, timeout=30)[0]
+                time.sleep(p["drain"])
+                got = pool.call("collect", {}, timeout=30)
+                both = Histogram.merged(Histogram.from_dict(hd) for g in got for hd in g["hists"].values())
+                delivered = sum(g["win_rx"] for g in got)
+                offered = rate * opened
+                lat = both.summary(1000)
+                empty = Histogram()
+                run = {"target": REDIS_TARGET, "bus": "redis", "workers": 2, "nodes": 2, "subscribers": opened,
+                       "rate": rate, "offered_deliveries_per_s": offered,
+                       "deliveries_per_s": round(delivered / p["duration"], 1), "published": pub["sent"],
+                       "publisher_worker": pub["worker"], "latency_ms": lat, "latency_us": both.to_dict(),
+                       "same_worker_ms": empty.summary(1000), "cross_worker_ms": empty.summary(1000),
+                       "server_cpu": scpu.report(), "load_cpu": gcpu.report(),
+                       "other_cpu_pct": others_pct(scpu, gcpu),
+                       "server_us_per_delivery": round(scpu.seconds * 1e6 / delivered, 3) if delivered else None,
+                       "sampled_subscribers": f"1 in {rp.get('sample_every', 1)}", "load_processes": pool.n,
+                       "cores": plan.describe()}
+                run["saturated"] = (run["deliveries_per_s"] < 0.9 * offered
+                                    or (lat["p99"] or 0) > p["saturation_p99_ms"])
+                runs.append(run)
+                ctx.log(f"  redis bus {rate}/s x {opened:,}: {run['deliveries_per_s']:,.0f} deliveries/s of "
+                        f"{offered:,}; p50 {lat['p50']} p99 {lat['p99']} ms; {_cpu_line(run)}"
+                        f"{' SATURATED' if run['saturated'] else ''}")
+                if run["saturated"]:
+                    break
+        finally:
+            for srv in nodes:
+                srv.stop()
+            pool.close()
+    finally:
+        cm.__exit__(None, None, None)
+    return runs, ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -629,9 +760,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         run_fanout,
         full={"groups": [{"subs": 1000, "rates": [50, 200, 500], "sample_every": 1},
                          {"subs": 10000, "rates": [5, 20, 50], "sample_every": 10}],
+              "redis": {"subs": 1000, "rates": [50, 200, 500], "sample_every": 1},
               "workers": 2, "size": 100, "warmup": 0.5, "duration": 3.0, "drain": 1.0,
               "saturation_p99_ms": 1000.0, "goal_p99_ms": 50.0},
         quick={"groups": [{"subs": 100, "rates": [20, 100], "sample_every": 1}],
+               "redis": {"subs": 100, "rates": [20], "sample_every": 1},
                "workers": 2, "size": 100, "warmup": 0.2, "duration": 0.4, "drain": 0.3,
                "saturation_p99_ms": 1000.0, "goal_p99_ms": 50.0},
     ),
