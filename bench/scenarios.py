@@ -437,45 +437,12 @@ def run_fanout(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
                 ctx.log(f"fanout: {kind}, {o['opened']:,} subscribers over {srv.workers} worker(s) "
                         f"{o['conns_per_worker']}, {pool.n} load processes")
                 for rate in group["rates"]:
-                    start_at = time.monotonic() + 0.3
-                    w0 = start_at + p["warmup"]
-                    w1 = w0 + p["duration"]
-                    pool.call("listen", {"w0": w0, "w1": w1, "sample_every": group.get("sample_every", 1)},
-                              timeout=30)
-                    count = int(rate * (p["warmup"] + p["duration"]))
-                    tickets = pool.submit("publish", {"rate": rate, "start_at": start_at, "count": count,
-                                                      "size": p["size"]}, only=[0])
-                    scpu, gcpu = CpuWindow(srv.pids), CpuWindow(pool.pids)
-                    _sleep_until(w0)
-                    scpu.start()
-                    gcpu.start()
-                    _sleep_until(w1)
-                    scpu.stop()
-                    gcpu.stop()
-                    pub = pool.wait(tickets, timeout=30)[0]
-                    time.sleep(p["drain"])
-                    got = pool.call("collect", {}, timeout=30)
-                    same, cross, both = Histogram(), Histogram(), Histogram()
-                    for g in got:
-                        for w, hd in g["hists"].items():
-                            h = Histogram.from_dict(hd)
-                            both.merge(h)
-                            (same if int(w) == pub["worker"] else cross).merge(h)
-                    delivered = sum(g["win_rx"] for g in got)
                     offered = rate * o["opened"]
-                    lat = both.summary(1000)
-                    run = {"target": kind, "workers": srv.workers, "subscribers": o["opened"], "rate": rate,
+                    run = {"target": kind, "workers": srv.workers, "subscribers": o["opened"],
                            "offered_deliveries_per_s": offered,
-                           "deliveries_per_s": round(delivered / p["duration"], 1),
-                           "published": pub["sent"], "publisher_worker": pub["worker"],
-                           "latency_ms": lat, "latency_us": both.to_dict(),
-                           "same_worker_ms": same.summary(1000), "same_worker_us": same.to_dict(),
-                           "cross_worker_ms": cross.summary(1000), "cross_worker_us": cross.to_dict(),
-                           "server_cpu": scpu.report(), "load_cpu": gcpu.report(),
-                           "other_cpu_pct": others_pct(scpu, gcpu),
-                           "server_us_per_delivery": round(scpu.seconds * 1e6 / delivered, 3) if delivered else None,
-                           "sampled_subscribers": f"1 in {group.get('sample_every', 1)}",
+                           **_fanout_window(pool, srv.pids, p, rate, group.get("sample_every", 1), True),
                            "load_processes": pool.n, "cores": plan.describe()}
+                    lat = run["latency_ms"]
                     run["saturated"] = (run["deliveries_per_s"] < 0.9 * offered
                                         or (lat["p99"] or 0) > p["saturation_p99_ms"])
                     runs.append(run)
@@ -524,6 +491,45 @@ def run_fanout(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     elif redis_note:
         summary["redis_skipped"] = redis_note
     return {"config": p, "runs": runs, "summary": summary}
+
+
+def _fanout_window(pool: LoadPool, server_pids: list[int], p: dict[str, Any], rate: float, sample_every: int,
+                   by_worker: bool) -> dict[str, Any]:
+    """One measured fan-out window: the first load process publishes ``rate`` broadcasts/s on an open-loop
+    schedule, every load process counts deliveries and samples their latency. ``by_worker`` splits the
+    latency into receivers on the publisher's worker and on the others (one node only)."""
+    start_at = time.monotonic() + 0.3
+    w0 = start_at + p["warmup"]
+    w1 = w0 + p["duration"]
+    pool.call("listen", {"w0": w0, "w1": w1, "sample_every": sample_every}, timeout=30)
+    count = int(rate * (p["warmup"] + p["duration"]))
+    tickets = pool.submit("publish", {"rate": rate, "start_at": start_at, "count": count, "size": p["size"]},
+                          only=[0])
+    scpu, gcpu = CpuWindow(server_pids), CpuWindow(pool.pids)
+    _sleep_until(w0)
+    scpu.start()
+    gcpu.start()
+    _sleep_until(w1)
+    scpu.stop()
+    gcpu.stop()
+    pub = pool.wait(tickets, timeout=30)[0]
+    time.sleep(p["drain"])
+    got = pool.call("collect", {}, timeout=30)
+    same, cross, both = Histogram(), Histogram(), Histogram()
+    for g in got:
+        for w, hd in g["hists"].items():
+            h = Histogram.from_dict(hd)
+            both.merge(h)
+            if by_worker:
+                (same if int(w) == pub["worker"] else cross).merge(h)
+    delivered = sum(g["win_rx"] for g in got)
+    return {"rate": rate, "deliveries_per_s": round(delivered / p["duration"], 1), "published": pub["sent"],
+            "publisher_worker": pub["worker"], "latency_ms": both.summary(1000), "latency_us": both.to_dict(),
+            "same_worker_ms": same.summary(1000), "same_worker_us": same.to_dict(),
+            "cross_worker_ms": cross.summary(1000), "cross_worker_us": cross.to_dict(),
+            "server_cpu": scpu.report(), "load_cpu": gcpu.report(), "other_cpu_pct": others_pct(scpu, gcpu),
+            "server_us_per_delivery": round(scpu.seconds * 1e6 / delivered, 3) if delivered else None,
+            "sampled_subscribers": f"1 in {sample_every}"}
 
 
 REDIS_TARGET = "fanwire-redis"
@@ -588,38 +594,12 @@ def run_fanout_redis(ctx: Ctx, p: dict[str, Any], rp: dict[str, Any]) -> tuple[l
             ctx.log(f"fanout: fanwire over Redis, {opened:,} subscribers on 2 nodes x 1 worker")
             pids = [pid for srv in nodes for pid in srv.pids]
             for rate in rp["rates"]:
-                start_at = time.monotonic() + 0.3
-                w0 = start_at + p["warmup"]
-                w1 = w0 + p["duration"]
-                pool.call("listen", {"w0": w0, "w1": w1, "sample_every": rp.get("sample_every", 1)}, timeout=30)
-                count = int(rate * (p["warmup"] + p["duration"]))
-                tickets = pool.submit("publish", {"rate": rate, "start_at": start_at, "count": count,
-                                                  "size": p["size"]}, only=[0])
-                scpu, gcpu = CpuWindow(pids), CpuWindow(pool.pids)
-                _sleep_until(w0)
-                scpu.start()
-                gcpu.start()
-                _sleep_until(w1)
-                scpu.stop()
-                gcpu.stop()
-                pub = pool.wait(tickets, timeout=30)[0]
-                time.sleep(p["drain"])
-                got = pool.call("collect", {}, timeout=30)
-                both = Histogram.merged(Histogram.from_dict(hd) for g in got for hd in g["hists"].values())
-                delivered = sum(g["win_rx"] for g in got)
                 offered = rate * opened
-                lat = both.summary(1000)
-                empty = Histogram()
                 run = {"target": REDIS_TARGET, "bus": "redis", "workers": 2, "nodes": 2, "subscribers": opened,
-                       "rate": rate, "offered_deliveries_per_s": offered,
-                       "deliveries_per_s": round(delivered / p["duration"], 1), "published": pub["sent"],
-                       "publisher_worker": pub["worker"], "latency_ms": lat, "latency_us": both.to_dict(),
-                       "same_worker_ms": empty.summary(1000), "cross_worker_ms": empty.summary(1000),
-                       "server_cpu": scpu.report(), "load_cpu": gcpu.report(),
-                       "other_cpu_pct": others_pct(scpu, gcpu),
-                       "server_us_per_delivery": round(scpu.seconds * 1e6 / delivered, 3) if delivered else None,
-                       "sampled_subscribers": f"1 in {rp.get('sample_every', 1)}", "load_processes": pool.n,
-                       "cores": plan.describe()}
+                       "offered_deliveries_per_s": offered,
+                       **_fanout_window(pool, pids, p, rate, rp.get("sample_every", 1), False),
+                       "load_processes": pool.n, "cores": plan.describe()}
+                lat = run["latency_ms"]
                 run["saturated"] = (run["deliveries_per_s"] < 0.9 * offered
                                     or (lat["p99"] or 0) > p["saturation_p99_ms"])
                 runs.append(run)
