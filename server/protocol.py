@@ -305,7 +305,8 @@ def handle_payload(session: Session, payload: bytes, now_ms: int, max_rooms: int
     msg: Any = None
     try:
         msg = codecs.decode(session.codec, payload)
-        return message_type(msg), handle(session, msg, now_ms, max_rooms, policy)
+        actions = handle(session, msg, now_ms, max_rooms, policy)
+        return msg["type"], actions  # handle() accepted it: a map whose type is known
     except ProtocolViolation as exc:
         mid = msg.get("id") if type(msg) is dict else None
         if type(mid) not in (str, int):
