@@ -13,6 +13,7 @@ from __future__ import annotations
 from .aio import DEFAULT_URL, AsyncClient, State
 from .backoff import Backoff, backoff
 from .errors import (
+    AckTimeout,
     ClientError,
     ClientTimeout,
     ConnectError,
@@ -23,16 +24,23 @@ from .errors import (
     Forbidden,
     HandshakeRejected,
     NotConnected,
+    OutboxFull,
+    PublishFailed,
     RateLimited,
     RequestTimeout,
     SendQueueFull,
     ServerError,
     TLSError,
+    Unavailable,
 )
+from .protocol import Ack, Position
+from .streams import RecoveryEvent
 from .sync import Client
 
 __all__ = [
     "DEFAULT_URL",
+    "Ack",
+    "AckTimeout",
     "AsyncClient",
     "Backoff",
     "Client",
@@ -46,11 +54,16 @@ __all__ = [
     "Forbidden",
     "HandshakeRejected",
     "NotConnected",
+    "OutboxFull",
+    "Position",
+    "PublishFailed",
     "RateLimited",
+    "RecoveryEvent",
     "RequestTimeout",
     "SendQueueFull",
     "ServerError",
     "State",
     "TLSError",
+    "Unavailable",
     "backoff",
 ]

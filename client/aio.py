@@ -2,11 +2,22 @@
 
 One :class:`AsyncClient` holds at most one WebSocket connection at a time, plus a supervisor task that
 reads it, and, when it drops, reconnects with exponential backoff and full jitter
-(:mod:`client.backoff`), re-joins the rooms the connection was in, then sends what was queued meanwhile.
+(:mod:`client.backoff`), re-joins the streams the connection was in, re-sends what was not acknowledged,
+then sends what was queued meanwhile.
 
 Delivery semantics, in short (``docs/client.md`` has the long version):
 
-* Messages go out at most once. What is handed to the socket before a drop is not re-sent.
+* Receiving (protocol v1.1, ``recover=True``, the default): the client tracks its position (offset and
+  epoch) in every stream it follows, rooms and ``$broadcast`` (:mod:`client.streams`), connects with
+  ``autojoin=0`` and its session, and re-joins every stream with ``since`` after a reconnect: what it
+  missed arrives through the ordinary callbacks, in order, before newer messages, never twice. A loss
+  (history gone, epoch changed, offsets skipped) is reported to :meth:`AsyncClient.on_recovery`
+  callbacks and sets :attr:`AsyncClient.history_lost`; it is never silent. Against a v1 server, as v1.
+* Sending with ``ack=True`` (v1.1): the message gets an id and waits in a bounded outbox
+  (:mod:`client.outbox`) until its ack; after a reconnect it is re-sent with the same id under the same
+  session, so the server publishes it once (exactly-once effect within the server's dedup window).
+  The call returns the :class:`~client.protocol.Ack` or raises :exc:`~client.errors.PublishFailed`.
+* Sending without ``ack``: at most once. What is handed to the socket before a drop is not re-sent.
 * While the client is *reconnecting*, sends and requests are queued, in order, up to ``max_pending``
   messages; one more raises :exc:`~client.errors.SendQueueFull`. Requests queued that way keep their
   own timeout. Before :meth:`AsyncClient.connect`, after :meth:`AsyncClient.disconnect` and after
@@ -54,8 +65,9 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from . import protocol
-from .backoff import Backoff, floored, parse_retry_after
+from .backoff import Backoff, ceiling, floored, parse_retry_after
 from .errors import (
+    AckTimeout,
     ClientError,
     ConnectError,
     ConnectionLost,
@@ -64,17 +76,29 @@ from .errors import (
     FatalClose,
     HandshakeRejected,
     NotConnected,
+    PublishFailed,
     RequestTimeout,
     SendQueueFull,
     ServerError,
     TLSError,
+    Unavailable,
     close_is_retryable,
     is_retryable,
     server_error,
 )
-from .protocol import Codec, Message
+from .outbox import Outbox
+from .protocol import BROADCAST_STREAM, V1_1, Ack, Codec, Message, MsgId, Position
+from .streams import RecoveryEvent, Streams
 
-__all__ = ["DEFAULT_URL", "AsyncClient", "MessageCallback", "State", "StateCallback", "TokenSource"]
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncClient",
+    "MessageCallback",
+    "RecoveryCallback",
+    "State",
+    "StateCallback",
+    "TokenSource",
+]
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765"
 USER_AGENT: Final = "fanwire-client/0.1"
@@ -104,6 +128,13 @@ class State(enum.Enum):
 
 StateCallback = Callable[[State, ClientError | None], object]
 
+#: ``on_recovery`` callbacks get a :class:`~client.streams.RecoveryEvent`.
+RecoveryCallback = Callable[[RecoveryEvent], object]
+
+# Re-sends after an ``unavailable`` answer: full jitter under min(cap, base * 2**n).
+_UNAVAILABLE_BASE_S = 0.05
+_UNAVAILABLE_CAP_S = 1.0
+
 
 @dataclass(eq=False, slots=True)
 class _Request:
@@ -111,6 +142,8 @@ class _Request:
     expect: frozenset[str]
     future: asyncio.Future[Message]
     sent_on: int | None = None  # connection generation it was written to; None while queued
+    durable: bool = False  # an acknowledged send: survives a drop and is re-sent with its id
+    error: ClientError | None = None  # the last ``unavailable`` answer of a durable send
 
 
 @dataclass(slots=True)
@@ -120,6 +153,8 @@ class _Conn:
     welcome: Message
     gen: int
     opened_at: float = field(default_factory=time.monotonic)
+    version: tuple[int, int] = (1, 0)  # what the welcome announced
+    explicit: bool = False  # v1.1 with autojoin=0: it starts with no stream; the client joins them
 
 
 def _close_of(exc: ConnectionClosed) -> tuple[int, str]:
@@ -181,7 +216,14 @@ class AsyncClient:
       is dropped).
     * limits: ``max_pending`` (messages queued while reconnecting), ``inbox_size`` (messages buffered
       for ``async for``; the oldest is dropped when full and counted in :attr:`dropped`; 0 disables),
-      ``max_size`` (largest incoming message).
+      ``max_size`` (largest incoming message), ``max_unacked`` (acknowledged sends waiting for their
+      ack; one more raises :exc:`~client.errors.OutboxFull`).
+    * ``rooms``: rooms to join when connecting, after the server's default ones (the last one becomes
+      the current room); :meth:`connect` raises the server's error when one is refused.
+    * protocol v1.1: ``recover`` (on: track offsets, join the streams itself with ``autojoin=0``,
+      re-join them with ``since`` after a reconnect, drop duplicates, report losses; off: behave as a
+      v1 client), ``ack_timeout`` (default timeout of ``ack=True`` sends, ``None``: wait until the
+      client closes).
     * security: ``cafile`` (PEM file of the CA that signed the server's certificate) or ``ssl`` (an
       :class:`ssl.SSLContext`), for ``wss://`` URLs; ``wss://`` without either trusts the system CAs.
       ``token``: a string, or a zero-argument callable returning one (or an awaitable of one), called
@@ -216,6 +258,11 @@ class AsyncClient:
         max_pending: int = 1000,
         inbox_size: int = 1024,
         max_size: int | None = 2**20,
+        max_unacked: int = 1000,
+        # Protocol v1.1
+        rooms: Iterable[str] = (),
+        recover: bool = True,
+        ack_timeout: float | None = 30.0,
         # Escape hatches
         headers: Mapping[str, str] | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
@@ -242,6 +289,15 @@ class AsyncClient:
             raise ValueError("max_pending and inbox_size must be >= 0")
         self.max_pending = max_pending
         self.max_size = max_size
+        if max_unacked < 1:
+            raise ValueError("max_unacked must be >= 1")
+        if ack_timeout is not None and not ack_timeout > 0:
+            raise ValueError("ack_timeout must be > 0 or None")
+        self.recover = recover
+        self.ack_timeout = ack_timeout
+        self._initial_rooms = list(dict.fromkeys(rooms))
+        for room in self._initial_rooms:
+            protocol.join(room)  # validates
         self._headers = dict(headers or {})
         self._connect_kwargs = dict(connect_kwargs or {})
         self._ssl = _tls_context(secure, cafile, ssl, self._connect_kwargs)
@@ -270,10 +326,20 @@ class AsyncClient:
         self._delays: Iterator[float] | None = None
         self.reconnects = 0
         self.dropped = 0
+        # Protocol v1.1
+        self._streams = Streams()
+        self._outbox = Outbox(max_unacked)
+        self._session: str | None = None
+        self._broadcast_on = True  # this connection receives broadcasts
+        self._broadcast_wanted = True  # the next connection should
+        self._history_lost = False
+        self._timers: set[asyncio.TimerHandle] = set()
+        self.duplicates = 0  # messages dropped because they had been delivered already
 
         self._on_message: MessageCallback | None = None
         self._on_type: dict[str, tuple[MessageCallback, ...]] = {}
         self._on_state: tuple[StateCallback, ...] = ()
+        self._on_recovery: tuple[RecoveryCallback, ...] = ()
         self._inbox: deque[Message] | None = deque(maxlen=inbox_size) if inbox_size else None
         self._inbox_event: asyncio.Event | None = None
 
@@ -313,6 +379,37 @@ class AsyncClient:
         """Why the client is CLOSED when it did not close on request (fatal close, attempts used up)."""
         return self._closed_reason
 
+    @property
+    def server_version(self) -> tuple[int, int]:
+        """The protocol version of the server, from the last ``welcome``: ``(1, 1)`` or ``(1, 0)``;
+        ``(0, 0)`` before the first one."""
+        return protocol.server_version(self._welcome)
+
+    @property
+    def session(self) -> str | None:
+        """The session the server handed out (v1.1), presented again on every reconnect."""
+        return self._session
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        """The last position (epoch, offset) in every stream followed: rooms, and ``$broadcast``."""
+        return self._streams.positions
+
+    @property
+    def history_lost(self) -> bool:
+        """True once a loss was reported (an :class:`~client.streams.RecoveryEvent` with
+        ``recovered=False``) since :meth:`connect`; set it to False to acknowledge."""
+        return self._history_lost
+
+    @history_lost.setter
+    def history_lost(self, value: bool) -> None:
+        self._history_lost = bool(value)
+
+    @property
+    def unacked(self) -> int:
+        """Acknowledged sends waiting for their ack."""
+        return len(self._outbox)
+
     # ------------------------------------------------------------------------------------------------
     # Callbacks
 
@@ -337,6 +434,13 @@ class AsyncClient:
         self._on_state = (*self._on_state, fn)
         return fn
 
+    def on_recovery(self, fn: RecoveryCallback) -> RecoveryCallback:
+        """Call ``fn(event)`` (a :class:`~client.streams.RecoveryEvent`) after every re-join with ``since``
+        (``event.recovered``: nothing was lost) and whenever a loss shows on a live stream (a gap in the
+        offsets, a new epoch). It runs after the replayed messages and before newer ones of that stream."""
+        self._on_recovery = (*self._on_recovery, fn)
+        return fn
+
     # ------------------------------------------------------------------------------------------------
     # Lifecycle
 
@@ -353,16 +457,37 @@ class AsyncClient:
             raise RuntimeError("connect() is already in progress")
         self._closing = False
         self._closed_reason = None
+        self._fresh_session()
         self._set_state(State.CONNECTING, None)
+        reader: asyncio.Task[ConnectionLost] | None = None
+        conn: _Conn | None = None
         try:
             conn = await (self._open_with_retry() if retry else self._open())
+            self._attach(conn)
+            self._first_streams(conn)
+            self._deliver(conn.welcome)
+            reader = asyncio.get_running_loop().create_task(self._read(conn), name="fanwire-client-reader")
+            await self._setup(conn, first=True)  # join the streams (autojoin, rooms=); send what was queued
+            if self._conn is not conn:
+                raise await reader
         except BaseException as exc:
-            self._set_state(State.CLOSED, exc if isinstance(exc, ClientError) else None)
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+            if conn is not None:
+                conn.ws.transport.abort()
+            if self._conn is conn:
+                self._conn = None
+            if self._state is not State.CLOSED:
+                error = exc if isinstance(exc, ClientError) else None
+                if conn is not None:  # fail what welcome callbacks may have queued meanwhile
+                    self._shutdown(error)
+                else:
+                    self._set_state(State.CLOSED, error)
             raise
-        self._attach(conn)
         self._set_state(State.CONNECTED, None)
-        self._deliver(conn.welcome)
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(conn), name="fanwire-client")
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(conn, reader), name="fanwire-client")
         return conn.welcome
 
     async def disconnect(self) -> None:
@@ -408,11 +533,24 @@ class AsyncClient:
     # ------------------------------------------------------------------------------------------------
     # Operations
 
-    async def send_message(self, msg: Mapping[str, Any]) -> None:
-        """Send any message as is (a map with a string ``type``); no reply is awaited."""
+    async def send_message(
+        self, msg: Mapping[str, Any], *, ack: bool = False, timeout: float | None = None
+    ) -> Ack | None:
+        """Send any message as is (a map with a string ``type``); no reply is awaited.
+
+        With ``ack=True`` (a ``chat``, ``broadcast`` or ``publish``, protocol v1.1), the message gets an
+        ``id`` (its own ``id`` when it has one) and the call returns the server's
+        :class:`~client.protocol.Ack` once the message is published; it is re-sent with the same id after a
+        reconnect until then. Raises :exc:`~client.errors.PublishFailed` (refused: ``.code``),
+        :exc:`~client.errors.AckTimeout` (no ack within ``timeout``, default ``ack_timeout``),
+        :exc:`~client.errors.OutboxFull`; :exc:`~client.errors.NotConnected` when nothing was sent.
+        """
         if not isinstance(msg.get("type"), str):
             raise ValueError("a message is a map with a string 'type'")
+        if ack:
+            return await self._send_acked(dict(msg), timeout)
         await self._submit(dict(msg), None)
+        return None
 
     async def request(
         self, msg: Mapping[str, Any], expect: Iterable[str] | None = None, *, timeout: float | None = None
@@ -427,7 +565,7 @@ class AsyncClient:
             raise ValueError("a message is a map with a string 'type'")
         timeout = self.request_timeout if timeout is None else timeout
         expected = frozenset(expect) if expect is not None else protocol.REPLY_TYPES - {"error"}
-        rid = next(self._ids)
+        rid = self._next_id()
         out = {**msg, "id": rid}
         req = _Request(out, expected, asyncio.get_running_loop().create_future())
         self._pending[rid] = req
@@ -444,13 +582,43 @@ class AsyncClient:
             if not req.future.done():
                 req.future.cancel()  # a queued copy is skipped when the queue is flushed
 
-    async def send_chat_message(self, text: str, user: str | None = None, room: str | None = None) -> None:
-        """Send a ``chat`` to ``room`` (default: the current room, the one joined last)."""
-        await self.send_message(protocol.chat(text, user if user is not None else self.user, room))
+    async def send_chat_message(
+        self, text: str, user: str | None = None, room: str | None = None, *, ack: bool = False,
+        timeout: float | None = None,
+    ) -> Ack | None:
+        """Send a ``chat`` to ``room`` (default: the current room, the one joined last). With ``ack=True``,
+        as :meth:`send_chat`."""
+        return await self.send_chat(text, room, user=user, ack=ack, timeout=timeout)
 
-    async def send_broadcast(self, text: str | None = None, *, data: Any = None, user: str | None = None) -> None:
-        """Send a ``broadcast`` (``text``, or ``data``) to every connected client, this one included."""
-        await self.send_message(protocol.broadcast(text, data=data, user=user if user is not None else self.user))
+    async def send_chat(
+        self, text: str, room: str | None = None, *, user: str | None = None, ack: bool = False,
+        timeout: float | None = None, msg_id: MsgId | None = None,
+    ) -> Ack | None:
+        """Send a ``chat`` to ``room`` (default: the current room, the one joined last).
+
+        ``ack=True`` (v1.1): wait for the server's ack and return it (see :meth:`send_message`); the room
+        is then fixed when the call is made (the current room at that moment), so a re-send goes to the
+        same stream. ``msg_id``: the message's id (default: a fresh one); pass the ``id`` of an
+        :exc:`~client.errors.AckTimeout` to retry without publishing twice.
+        """
+        msg = protocol.chat(text, user if user is not None else self.user, room)
+        return await self.send_message(self._with_id(msg, msg_id), ack=ack, timeout=timeout)
+
+    async def send_broadcast(
+        self, text: str | None = None, *, data: Any = None, user: str | None = None, ack: bool = False,
+        timeout: float | None = None, msg_id: MsgId | None = None,
+    ) -> Ack | None:
+        """Send a ``broadcast`` (``text``, or ``data``) to every connected client, this one included.
+        ``ack``, ``timeout``, ``msg_id``: as for :meth:`send_chat` (the ack's room is ``$broadcast``)."""
+        msg = protocol.broadcast(text, data=data, user=user if user is not None else self.user)
+        return await self.send_message(self._with_id(msg, msg_id), ack=ack, timeout=timeout)
+
+    async def publish(
+        self, room: str, data: Any, *, ack: bool = False, timeout: float | None = None, msg_id: MsgId | None = None
+    ) -> Ack | None:
+        """Publish ``data`` (anything JSON can carry) to ``room`` (v1.1; no need to be a member): its
+        members receive a ``publication``. ``ack``, ``timeout``, ``msg_id``: as for :meth:`send_chat`."""
+        return await self.send_message(self._with_id(protocol.publish(room, data), msg_id), ack=ack, timeout=timeout)
 
     async def ping(self, *, timeout: float | None = None) -> float:
         """Application-level ping; returns the round-trip time in milliseconds."""
@@ -458,10 +626,32 @@ class AsyncClient:
         await self.request(protocol.ping(time.time_ns() // 1_000_000), {"pong"}, timeout=timeout)
         return (time.perf_counter() - start) * 1000.0
 
-    async def join(self, room: str, *, timeout: float | None = None) -> list[str]:
+    async def join(
+        self, room: str, *, since: Position | Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> list[str]:
         """Join ``room`` (it becomes the current room); returns the connection's rooms. A room the
-        token does not allow raises :exc:`~client.errors.Forbidden`."""
-        reply = await self.request(protocol.join(room), {"joined"}, timeout=timeout)
+        token does not allow raises :exc:`~client.errors.Forbidden`. ``$broadcast`` (v1.1) subscribes
+        to broadcasts.
+
+        ``since`` (v1.1, a :class:`~client.protocol.Position` or ``{"offset": n, "epoch": e}``, e.g. one
+        saved from :attr:`positions`): the server first replays what the stream got after it, and an
+        :meth:`on_recovery` event says whether that was everything. A position the server refuses
+        (``bad_since``) is reported as a loss and the room joined without it. The client does this by
+        itself after reconnects; ``since`` is for positions kept across client instances.
+        """
+        pos = Position.of(since) if since is not None else None
+        if pos is not None and not self.recover:
+            raise ValueError("since= needs recover=True")
+        msg = protocol.join(room, pos)
+        if pos is not None:
+            self._streams.join_sent(room, pos)
+        try:
+            reply = await self.request(msg, {"joined"}, timeout=timeout)
+        except ServerError as exc:
+            if pos is None or exc.code != "bad_since":
+                raise
+            self._streams.join_refused(room)
+            reply = await self.request(protocol.join(room), {"joined"}, timeout=timeout)
         return list(reply.get("rooms", self._rooms))
 
     async def leave(self, room: str, *, timeout: float | None = None) -> list[str]:
@@ -480,6 +670,8 @@ class AsyncClient:
     def _check_open(self) -> None:
         if self._state in (State.CONNECTED, State.RECONNECTING):
             return
+        if self._state is State.CONNECTING and self._conn is not None:
+            return  # welcome received, streams being joined: queued, sent right after
         if self._state is State.CLOSED and self._closed_reason is not None:
             raise NotConnected(f"not connected: {self._closed_reason}") from self._closed_reason
         raise NotConnected(f"not connected ({self._state.value}): call connect() first")
@@ -490,13 +682,15 @@ class AsyncClient:
         conn = self._conn
         if self._state is State.CONNECTED and conn is not None:
             if req is not None:
-                req.sent_on = conn.gen
+                self._mark_sent(req, conn.gen)
             try:
                 await conn.ws.send(conn.codec.encode(msg), text=conn.codec.text)
                 return
             except ConnectionClosed:
                 if req is not None:
                     req.sent_on = None
+                    if req.durable:
+                        self._outbox.unsent(req.msg["id"])
                 self._check_open()  # the drop may have been fatal
                 if req is not None and req.future.done():
                     return
@@ -512,9 +706,72 @@ class AsyncClient:
                 self._queue.popleft()
                 continue
             if req is not None:
-                req.sent_on = conn.gen
+                self._mark_sent(req, conn.gen)
             await conn.ws.send(conn.codec.encode(msg), text=conn.codec.text)  # ConnectionClosed: stays queued
             self._queue.popleft()
+
+    def _mark_sent(self, req: _Request, gen: int) -> None:
+        req.sent_on = gen
+        if req.durable:
+            self._outbox.sent(req.msg["id"], gen)
+
+    def _next_id(self) -> int:
+        """A request id no waiting request uses (an application may have chosen integer ids itself)."""
+        rid = next(self._ids)
+        while rid in self._pending:
+            rid = next(self._ids)
+        return rid
+
+    @staticmethod
+    def _with_id(msg: Message, msg_id: MsgId | None) -> Message:
+        if msg_id is not None:
+            msg["id"] = protocol.check_msg_id(msg_id)
+        return msg
+
+    async def _send_acked(self, msg: Message, timeout: float | None) -> Ack:
+        """Send ``msg`` with an id and wait for its ack; kept in the outbox (and re-sent with the same id
+        after reconnects) until then."""
+        kind = msg["type"]
+        if kind not in protocol.ACKED_TYPES:
+            raise ValueError(f"only {', '.join(sorted(protocol.ACKED_TYPES))} are acknowledged, not {kind!r}")
+        self._check_open()
+        if protocol.server_version(self._welcome) < V1_1:
+            raise PublishFailed(f"{self.url} speaks protocol v1: it does not acknowledge messages", message=msg)
+        mid = protocol.check_msg_id(msg["id"]) if "id" in msg else self._next_id()
+        if mid in self._pending:
+            raise ValueError(f"id {mid!r} is already used by a message or request waiting for its answer")
+        if kind == "chat" and "room" not in msg and self._rooms:
+            msg["room"] = self._rooms[-1]  # a re-send must go to the same stream
+        out = {**msg, "id": mid}
+        self._outbox.add(out)  # OutboxFull
+        req = _Request(out, frozenset({"ack"}), asyncio.get_running_loop().create_future(), durable=True)
+        self._pending[mid] = req
+        limit = self.ack_timeout if timeout is None else timeout
+        submitted = False
+        try:
+            async with asyncio.timeout(limit):
+                await self._submit(out, req)  # NotConnected, SendQueueFull: nothing was sent
+                submitted = True
+                reply = await req.future
+        except TimeoutError:
+            raise AckTimeout(f"no ack for {kind} {mid!r} within {limit:g} s; it may or may not be published",
+                             id=mid, message=out, error=req.error) from req.error
+        except PublishFailed:
+            raise
+        except ClientError as exc:
+            if not submitted:
+                raise
+            raise PublishFailed(f"{kind} {mid!r} was not acknowledged: {exc}", id=mid, message=out,
+                                error=exc) from exc
+        finally:
+            self._pending.pop(mid, None)
+            self._outbox.pop(mid)
+            if not req.future.done():
+                req.future.cancel()  # a queued copy is skipped when the queue is flushed
+        ack = protocol.parse_ack(reply)
+        if ack is None:
+            raise PublishFailed(f"malformed ack for {kind} {mid!r}: {reply!r:.200}", id=mid, message=out)
+        return ack
 
     # ------------------------------------------------------------------------------------------------
     # Connecting
@@ -539,10 +796,11 @@ class AsyncClient:
         headers = await self._auth_headers()
         tls: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
         ws: ClientConnection | None = None
+        url = protocol.connect_url(self.url, autojoin=not self.recover, session=self._session)
         try:
             async with asyncio.timeout(self.open_timeout):
                 ws = await ws_connect(
-                    self.url,
+                    url,
                     subprotocols=[Subprotocol(self._codec.subprotocol)],
                     additional_headers=headers or None,
                     user_agent_header=USER_AGENT,
@@ -588,7 +846,9 @@ class AsyncClient:
             ws.transport.abort()
             raise HandshakeRejected(f"expected a welcome from {self.url}, got {welcome['type']!r}")
         self._gen += 1
-        return _Conn(ws, codec, welcome, self._gen)
+        version = protocol.server_version(welcome)
+        explicit = self.recover and version >= V1_1 and isinstance(welcome.get("autojoin"), list)
+        return _Conn(ws, codec, welcome, self._gen, version=version, explicit=explicit)
 
     def _lost(self, code: int, reason: str) -> ConnectionLost:
         retry = close_is_retryable(code, reason, fresh_token=self._fresh_token)
@@ -624,29 +884,48 @@ class AsyncClient:
         self._welcome = conn.welcome
         rooms = conn.welcome.get("rooms")
         self._rooms = [r for r in rooms if isinstance(r, str)] if isinstance(rooms, list) else []
+        self._broadcast_on = not conn.explicit  # implicit unless the client joins $broadcast itself
+        session = conn.welcome.get("session")
+        if session is None:
+            return
+        try:
+            protocol.check_session(session)
+        except ValueError:
+            logger.warning("ignoring a malformed session from %s", self.url)
+            return
+        if self._session is not None and session != self._session and any(e.sent_on for e in self._outbox):
+            logger.warning("%s did not resume the session: unacknowledged messages re-sent now may be "
+                           "published twice", self.url)
+        self._session = session
+
+    def _fresh_session(self) -> None:
+        """A new connect(): new session, no stream positions, the server's default streams."""
+        self._session = None
+        self._streams.clear()
+        self._history_lost = False
+        self._wanted_rooms = []
+        self._broadcast_wanted = True
+
+    def _first_streams(self, conn: _Conn) -> None:
+        """The streams of the first connection: those the welcome's ``autojoin`` lists (v1.1 with
+        ``autojoin=0``: the client joins them), else those the server put the connection in."""
+        if conn.explicit:
+            autojoin = [r for r in conn.welcome["autojoin"] if isinstance(r, str) and r]
+            self._broadcast_wanted = BROADCAST_STREAM in autojoin
+            rooms = [r for r in autojoin if r != BROADCAST_STREAM]
+        else:
+            rooms = list(self._rooms)
+        if BROADCAST_STREAM in self._initial_rooms:
+            self._broadcast_wanted = True  # (implicit anyway on a connection that is not explicit)
+        extra = [r for r in self._initial_rooms if r != BROADCAST_STREAM]
+        self._wanted_rooms = list(dict.fromkeys(rooms + extra))
 
     # ------------------------------------------------------------------------------------------------
     # The supervisor: read, and on a drop reconnect, restore, flush
 
-    async def _supervise(self, conn: _Conn) -> None:
-        restored = True
+    async def _supervise(self, conn: _Conn, reader: asyncio.Task[ConnectionLost]) -> None:
+        """Wait for the connection to drop; then reconnect, restore, re-send, flush; and again."""
         while True:
-            reader = asyncio.get_running_loop().create_task(self._read(conn), name="fanwire-client-reader")
-            try:
-                if not restored:
-                    await self._restore(conn)
-                    await self._flush(conn)
-                    if self._conn is conn and not self._closing:
-                        self.reconnects += 1
-                        self._set_state(State.CONNECTED, None)
-                restored = True
-            except (ClientError, ConnectionClosed) as exc:
-                logger.info("restoring the session on %s failed: %s", self.url, exc)
-                with contextlib.suppress(Exception):
-                    await conn.ws.close(1000, "restore failed")
-            except asyncio.CancelledError:
-                reader.cancel()
-                raise
             try:
                 lost = await reader
             except asyncio.CancelledError:
@@ -659,7 +938,28 @@ class AsyncClient:
             nxt = await self._reconnect(lost)
             if nxt is None:
                 return
-            conn, restored = nxt, False
+            conn = nxt
+            reader = asyncio.get_running_loop().create_task(self._read(conn), name="fanwire-client-reader")
+            try:
+                await self._setup(conn)
+                if self._conn is conn and not self._closing:
+                    self.reconnects += 1
+                    self._set_state(State.CONNECTED, None)
+            except (ClientError, ConnectionClosed) as exc:
+                logger.info("restoring the session on %s failed: %s", self.url, exc)
+                with contextlib.suppress(Exception):
+                    await conn.ws.close(1000, "restore failed")
+            except asyncio.CancelledError:
+                reader.cancel()
+                raise
+
+    async def _setup(self, conn: _Conn, *, first: bool = False) -> None:
+        """Bring a new connection to where the client was: its streams (re-joined with ``since``), then
+        the unacknowledged messages (same ids), then what was queued meanwhile, in that order. ``first``:
+        the connection made by connect(), which raises when a room is refused."""
+        await self._restore(conn, strict=first)
+        await self._resend(conn)
+        await self._flush(conn)
 
     async def _read(self, conn: _Conn) -> ConnectionLost:
         """Dispatch every message of ``conn`` until it closes; then account for the loss."""
@@ -687,11 +987,12 @@ class AsyncClient:
             self._conn = None
         if self._state is State.CONNECTED:
             self._wanted_rooms = list(self._rooms)
+            self._broadcast_wanted = self._broadcast_on
         for req in list(self._pending.values()):
-            if req.sent_on == conn.gen and not req.future.done():
+            if req.sent_on == conn.gen and not req.future.done() and not req.durable:
                 req.future.set_exception(lost)
-        if self._closing or self._state is State.CLOSED:
-            return
+        if self._closing or self._state in (State.CLOSED, State.CONNECTING):
+            return  # CONNECTING: connect() reports it
         if self.reconnect and self._retryable(lost):
             if self._state is not State.RECONNECTING:
                 logger.info("connection to %s lost (%s); reconnecting", self.url, lost)
@@ -726,9 +1027,22 @@ class AsyncClient:
         self._shutdown(last)
         return None
 
-    async def _restore(self, conn: _Conn) -> None:
-        """Bring the new connection's rooms to what the old one had, in the same order (the last
-        joined room is the current one). Pipelined: all requests go out, then all replies are awaited."""
+    async def _restore(self, conn: _Conn, *, strict: bool = False) -> None:
+        """Bring the new connection's streams to what the old one had, in the same order (the last
+        joined room is the current one). Pipelined: all requests go out, then all replies are awaited.
+
+        v1.1 with ``autojoin=0``: the connection starts with none; every stream is joined, with ``since``
+        when the client has a position in it (so what was missed is replayed first). Otherwise (v1, or
+        ``recover=False``): rooms are joined and left to match, without ``since``.
+
+        A refused join is logged and reported (:meth:`on_recovery`, ``rejoin_failed``), or raised when
+        ``strict``; ``unavailable`` is raised (the connection is closed and the client reconnects, so the
+        stream is not given up for a passing failure)."""
+        if conn.explicit:
+            streams = [BROADCAST_STREAM] if self._broadcast_wanted else []
+            rooms = streams + [r for r in self._wanted_rooms if r != BROADCAST_STREAM]
+            await self._join_streams(conn, rooms, strict)
+            return
         have, want = list(self._rooms), list(self._wanted_rooms)
         common = 0
         while common < min(len(have), len(want)) and have[common] == want[common]:
@@ -737,7 +1051,7 @@ class AsyncClient:
         reqs: list[_Request] = []
         loop = asyncio.get_running_loop()
         for msg in msgs:
-            rid = next(self._ids)
+            rid = self._next_id()
             out = {**msg, "id": rid}
             req = _Request(out, frozenset({"joined", "left"}), loop.create_future(), conn.gen)
             self._pending[rid] = req
@@ -749,12 +1063,126 @@ class AsyncClient:
                     try:
                         await req.future
                     except ServerError as exc:  # e.g. too_many_rooms with a new server config
+                        if strict or isinstance(exc, Unavailable):
+                            raise
                         logger.warning("could not restore %s %r: %s", req.msg["type"], req.msg["room"], exc)
         except TimeoutError:
             raise RequestTimeout("no answer to the room re-joins") from None
         finally:
             for req in reqs:
                 self._pending.pop(req.msg["id"], None)
+
+    async def _join_streams(self, conn: _Conn, rooms: list[str], strict: bool = False) -> None:
+        """Join ``rooms`` in order, with ``since`` where there is a position. A position refused with
+        ``bad_since`` is forgotten and its room joined again without one (reported as a loss); the last
+        room is then joined once more, so that it stays the current room."""
+        joins = [(r, self._streams.since(r) if self.recover else None) for r in rooms]
+        refused = await self._join_round(conn, joins, strict)
+        if not refused:
+            return
+        again = list(refused)
+        current = next((r for r in reversed(rooms) if r != BROADCAST_STREAM), None)
+        if current is not None and again[-1] != current and any(r != BROADCAST_STREAM for r in again):
+            again.append(current)
+        await self._join_round(conn, [(r, None) for r in again], strict)
+
+    async def _join_round(
+        self, conn: _Conn, joins: list[tuple[str, Position | None]], strict: bool = False
+    ) -> list[str]:
+        """Send the joins, then await every answer; returns the rooms whose ``since`` was refused."""
+        loop = asyncio.get_running_loop()
+        sent: list[tuple[str, Position | None, _Request]] = []
+        refused: list[str] = []
+        try:
+            for room, since in joins:
+                rid = self._next_id()
+                out = {**protocol.join(room, since), "id": rid}
+                req = _Request(out, frozenset({"joined"}), loop.create_future(), conn.gen)
+                self._pending[rid] = req
+                sent.append((room, since, req))
+                if self.recover:
+                    self._streams.join_sent(room, since)
+                await conn.ws.send(conn.codec.encode(out), text=conn.codec.text)
+            async with asyncio.timeout(self.request_timeout):
+                for room, since, req in sent:
+                    try:
+                        await req.future
+                    except ServerError as exc:
+                        if since is not None and exc.code == "bad_since":
+                            logger.warning("%s refused our position in %r (%s); joining it without", self.url, room, exc)
+                            self._streams.join_refused(room)
+                            refused.append(room)
+                            continue
+                        if strict or isinstance(exc, Unavailable):
+                            raise
+                        logger.warning("could not restore join %r: %s", room, exc)
+                        event = self._streams.join_failed(room) if self.recover else None
+                        if event is not None:
+                            self._report(event)
+        except TimeoutError:
+            raise RequestTimeout("no answer to the stream re-joins") from None
+        finally:
+            for _, _, req in sent:
+                self._pending.pop(req.msg["id"], None)
+        return refused
+
+    async def _resend(self, conn: _Conn) -> None:
+        """Write again, with their ids, the acknowledged sends that went out on an earlier connection and
+        got no ack: the server recognises them (same session) and publishes each once."""
+        for entry in self._outbox.to_resend(conn.gen):
+            req = self._pending.get(entry.id)
+            if req is None or req.future.done():
+                self._outbox.pop(entry.id)
+                continue
+            if conn.version < V1_1:
+                self._outbox.pop(entry.id)
+                req.future.set_exception(PublishFailed(
+                    f"{self.url} now speaks protocol v1: {entry.msg['type']} {entry.id!r} cannot be confirmed",
+                    id=entry.id, message=entry.msg))
+                continue
+            self._mark_sent(req, conn.gen)
+            await conn.ws.send(conn.codec.encode(entry.msg), text=conn.codec.text)
+
+    def _on_unavailable(self, rid: MsgId, reply: Message) -> None:
+        """``unavailable`` for an acknowledged send: send it again, same id, after a short jittered wait
+        (if the connection drops meanwhile, the reconnect re-sends it)."""
+        n = self._outbox.unavailable(rid)
+        req = self._pending.get(rid)
+        if req is not None:
+            req.error = server_error(reply)
+        delay = self._rng() * ceiling(max(0, n - 1), _UNAVAILABLE_BASE_S, _UNAVAILABLE_CAP_S)
+        handle: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            if handle is not None:
+                self._timers.discard(handle)
+            entry, req, conn = self._outbox.get(rid), self._pending.get(rid), self._conn
+            if entry is None or req is None or req.future.done() or conn is None or entry.sent_on != conn.gen:
+                return
+            if self._state is not State.CONNECTED:
+                return
+            self._mark_sent(req, conn.gen)
+            task = asyncio.ensure_future(conn.ws.send(conn.codec.encode(entry.msg), text=conn.codec.text))
+            self._tasks.add(task)
+            task.add_done_callback(self._resend_done)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _resend_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the drop is handled by the reconnect
+            logger.debug("re-send failed: %r", task.exception())
+
+    def _report(self, event: RecoveryEvent) -> None:
+        """Tell the application how complete a stream is."""
+        if event.recovered:
+            logger.info("%s: recovered %d missed messages", event.room, event.replayed)
+        else:
+            self._history_lost = True
+            logger.warning("%s: history lost (%s), some messages may be missing", event.room, event.reason)
+        for fn in self._on_recovery:
+            self._call(fn, event)
 
     def _shutdown(self, reason: ClientError | None) -> None:
         """Enter CLOSED for good: fail everything waiting, end iterations."""
@@ -769,6 +1197,10 @@ class AsyncClient:
             if queued is not None and not queued.future.done():
                 queued.future.set_exception(err)
         self._queue.clear()
+        self._outbox.clear()
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
         self._set_state(State.CLOSED, reason)
         if self._inbox_event is not None:
             self._inbox_event.set()
@@ -778,13 +1210,40 @@ class AsyncClient:
 
     def _deliver(self, msg: Message) -> None:
         type_ = msg["type"]
+        event: RecoveryEvent | None = None
+        if self.recover and type_ in protocol.STREAM_TYPES:
+            decision = self._streams.message(msg)
+            if not decision.deliver:
+                self.duplicates += 1
+                logger.debug("dropping a message delivered already: %r", msg)
+                return
+            if decision.event is not None:
+                self._report(decision.event)  # the loss comes before the message after it
         if type_ == "welcome":
             self._welcome = msg
         if type_ in ("joined", "left", "welcome"):
             rooms = msg.get("rooms")
             if isinstance(rooms, list):
                 self._rooms = [r for r in rooms if isinstance(r, str)]
-        if type_ in protocol.REPLY_TYPES:
+        if type_ in ("joined", "left"):
+            room = msg.get("room")
+            if room == BROADCAST_STREAM:
+                self._broadcast_on = type_ == "joined"
+            if self.recover and isinstance(room, str):
+                if type_ == "joined":
+                    event = self._streams.joined(msg)
+                else:
+                    self._streams.left(room)
+        rid = msg.get("id")
+        if type_ == "ack" and isinstance(rid, (int, str)):
+            self._outbox.pop(rid)
+        if type_ == "error" and isinstance(rid, (int, str)) and not isinstance(rid, bool) and rid in self._outbox:
+            if msg.get("code") == "unavailable":
+                self._on_unavailable(rid, msg)
+            else:
+                self._outbox.pop(rid)
+                self._resolve(msg)
+        elif type_ in protocol.REPLY_TYPES:
             self._resolve(msg)
         if self._on_message is not None:
             self._call(self._on_message, msg)
@@ -796,6 +1255,8 @@ class AsyncClient:
             self._inbox.append(msg)
             if self._inbox_event is not None:
                 self._inbox_event.set()
+        if event is not None:
+            self._report(event)  # after the replayed messages and their joined, before newer ones
 
     def _resolve(self, reply: Message) -> None:
         rid = reply.get("id")

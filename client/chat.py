@@ -10,6 +10,9 @@ connected, then exits.
 
 Chats and broadcasts go out with an ``id`` (``c1``, ``c2``, ...) so that a refusal (``forbidden``,
 ``rate_limited``, ``no_room``), which echoes the ``id``, is told apart from a message still on its way.
+Against a v1.1 server they are sent with ``ack=True``: a line typed just before a connection drops is
+re-sent after the reconnect and published once. After a reconnect, each stream's recovery is shown:
+``* games: recovered 3 missed messages`` or ``! games: history lost, some messages may be missing``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import Any, TextIO
 
 from . import protocol
 from .aio import AsyncClient, State
-from .errors import ClientError, ServerError
+from .errors import AckTimeout, ClientError, PublishFailed, ServerError
+from .streams import RecoveryEvent
 
-__all__ = ["HELP", "Console", "format_message", "format_stats", "run_chat"]
+__all__ = ["HELP", "Console", "format_message", "format_recovery", "format_stats", "run_chat"]
 
 HELP = """commands:
   <text>              send a chat message to the current room
@@ -64,11 +68,17 @@ def format_message(msg: dict[str, Any]) -> str:
     if kind == "broadcast":
         body = msg["text"] if "text" in msg else msg.get("data")
         return f"[broadcast] {_who(msg)}: {body}"
+    if kind == "publication":
+        return f"[{msg.get('room', '?')}] {_who(msg)} published: {msg.get('data')}"
     if kind == "welcome":
         user = f" (user {msg['user']})" if msg.get("user") else ""
+        version = msg.get("version") or msg.get("protocol")
+        rooms = msg.get("rooms") or []
+        if not rooms and isinstance(msg.get("autojoin"), list):  # v1.1: the client joins these itself
+            rooms = [r for r in msg["autojoin"] if isinstance(r, str) and r != protocol.BROADCAST_STREAM]
         return (
             f"* connected as {msg.get('client_id')}{user} to worker {msg.get('worker')} "
-            f"(codec {msg.get('codec')}, protocol {msg.get('protocol')}); rooms: {', '.join(msg.get('rooms', []))}"
+            f"(codec {msg.get('codec')}, protocol {version}); rooms: {', '.join(rooms)}"
         )
     if kind == "joined":
         return f"* joined {msg.get('room')}; rooms: {', '.join(msg.get('rooms', []))}"
@@ -81,6 +91,32 @@ def format_message(msg: dict[str, Any]) -> str:
     if kind == "stats":
         return format_stats(msg)
     return f"* {kind}: {msg}"
+
+
+_REASONS = {
+    "epoch_changed": "the server lost its history",
+    "gap": "part of it is gone",
+    "bad_since": "the server did not know our position",
+    "rewound": "the server went back in time",
+    "rejoin_failed": "could not join it again",
+    "not_recovered": "the server could not replay it all",
+}
+
+
+def format_recovery(event: RecoveryEvent) -> str | None:
+    """One line about a stream's recovery after a reconnect, or a loss seen live; ``None`` when there is
+    nothing worth saying (recovered, and nothing was missed)."""
+    where = "broadcasts" if event.room == protocol.BROADCAST_STREAM else event.room
+    if event.recovered:
+        if not event.replayed:
+            return None
+        return f"* {where}: recovered {event.replayed} missed message{'s' if event.replayed != 1 else ''}"
+    why = _REASONS.get(event.reason, event.reason)
+    if event.missed:
+        why += f", {event.missed} missing"
+    if event.replayed:
+        why += f"; recovered {event.replayed}"
+    return f"! {where}: history lost, some messages may be missing ({why})"
 
 
 def format_stats(msg: dict[str, Any], bullet: str = "* ") -> str:
@@ -197,9 +233,17 @@ class ChatSession:
         self.echoes = _Echoes()
         self.closed = asyncio.Event()
         self.was_connected = False
+        self.exiting = False
         self._msg_ids = (f"c{n}" for n in itertools.count(1))
+        self._acked: set[asyncio.Future[Any]] = set()
         client.set_message_callback(self._on_message)
         client.on_state_change(self._on_state)
+        client.on_recovery(self._on_recovery)
+
+    def _on_recovery(self, event: RecoveryEvent) -> None:
+        line = format_recovery(event)
+        if line is not None:
+            self.console.print(line)
 
     def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -215,6 +259,8 @@ class ChatSession:
             ev.changed.set()
         rid = msg.get("id")
         if kind == "error" and isinstance(rid, str) and rid in ev.pending:
+            if msg.get("code") == "unavailable":
+                return  # the client sends it again by itself
             ev.pending.discard(rid)  # one of our chats or broadcasts was refused: it will not come back
             ev.expected -= 1
             ev.changed.set()
@@ -296,12 +342,40 @@ class ChatSession:
         rid = next(self._msg_ids)
         ev.pending.add(rid)
         ev.expected += 1
+        if self.client.server_version >= protocol.V1_1:
+            # Acknowledged: kept and re-sent (same id) across reconnects until the server has it. The ack
+            # is not waited for here; one step of the task writes the message, so lines go out in order.
+            task = asyncio.ensure_future(self.client.send_message({**msg, "id": rid}, ack=True))
+            self._acked.add(task)
+            task.add_done_callback(lambda t: self._acked_done(t, rid))
+            await asyncio.sleep(0)
+            return
         try:
             await self.client.send_message({**msg, "id": rid})
         except BaseException:
             ev.pending.discard(rid)
             ev.expected -= 1
             raise
+
+    def _acked_done(self, task: asyncio.Future[Any], rid: str) -> None:
+        self._acked.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        ev = self.echoes
+        if rid not in ev.pending:
+            return  # refused by the server: the error was printed when it came
+        ev.pending.discard(rid)  # it will not come back (or we stop waiting for it)
+        ev.expected -= 1
+        ev.changed.set()
+        if self.exiting:
+            return
+        if isinstance(exc, AckTimeout):
+            self.console.print(f"! {rid} was not confirmed in time; it may or may not have been sent")
+        elif isinstance(exc, PublishFailed) and exc.code is None and isinstance(exc.__cause__, ClientError):
+            self.console.print(f"! not sent: {exc.__cause__}")
+        else:
+            self.console.print(f"! not sent: {exc}")
 
     async def drain(self) -> None:
         """Wait, at most ``wait_s``, until we are connected and our own messages have come back."""
@@ -405,6 +479,7 @@ async def _chat(
             next_line.set()
     finally:
         closed.cancel()
+        session.exiting = True
         if client.state is State.CLOSED and client.closed_reason is not None:
             status = 1
         await client.disconnect()

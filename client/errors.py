@@ -17,7 +17,15 @@ Every exception the client raises on purpose derives from :exc:`ClientError`::
     │   └── RequestTimeout           no reply to a request within its timeout (.request)
     ├── ServerError                  the server answered an ``error`` message (.code, .detail, .reply, .id)
     │   ├── RateLimited              ``rate_limited``: over the server's rate limit, the message was dropped
-    │   └── Forbidden                ``forbidden``: the token does not allow this join, chat or broadcast
+    │   ├── Forbidden                ``forbidden``: the token does not allow this join, chat or broadcast
+    │   └── Unavailable              ``unavailable`` (v1.1): the stream's sequencer is gone; an acknowledged
+    │                                send is re-sent with the same id by the client itself        [retried]
+    ├── PublishFailed                an acknowledged send (``ack=True``) did not get its ack (.id, .message,
+    │   │                            .error: the cause, .code: the server's error code, .retryable)
+    │   ├── AckTimeout               no ack within the timeout (also a ClientTimeout); published or not:
+    │   │                            unknown; re-send with the same id (exactly once)       [retryable]
+    │   └── OutboxFull               max_unacked messages already wait for their ack; nothing was sent
+    │                                                                             [retryable after a wait]
     ├── ConnectionLost               the connection closed (.code, .reason); in-flight requests fail with it
     │   └── FatalClose               closed with a "do not retry" code: no reconnect
     └── NotConnected                 needs a connection: before connect(), after disconnect(),
@@ -25,10 +33,13 @@ Every exception the client raises on purpose derives from :exc:`ClientError`::
         └── SendQueueFull            reconnecting, and the bounded send queue is full
 
 What is retried is decided here and only here (:func:`is_retryable`, :func:`close_is_retryable`,
-:func:`status_is_retryable`), following ``docs/protocol.md``: reconnect after 1001, 1011, 1012, 1013
-and abnormal closures; never after 1002, 1007, 1008, 1009 or an HTTP 401/403 at the handshake, with one
-exception: a 1008 ``token expired`` close is retried when the client can fetch a fresh token (its
-``token`` is a callable). This module is pure: it imports nothing that does I/O.
+:func:`status_is_retryable` for connections; :func:`publish_is_retryable` for acknowledged sends),
+following ``docs/protocol.md``: reconnect after 1001, 1011, 1012, 1013 and abnormal closures; never after
+1002, 1007, 1008, 1009 or an HTTP 401/403 at the handshake, with one exception: a 1008 ``token expired``
+close is retried when the client can fetch a fresh token (its ``token`` is a callable). An acknowledged
+send is worth sending again, with the same id, after ``unavailable``, ``rate_limited``, a timeout, a full
+outbox or a lost connection; never after any other refusal (``forbidden``, ``bad_room``, ``no_room``...),
+which would be refused again. This module is pure: it imports nothing that does I/O.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ __all__ = [
     "FATAL_CLOSE_CODES",
     "RETRYABLE_HTTP_STATUSES",
     "TOKEN_EXPIRED_REASON",
+    "AckTimeout",
     "ClientError",
     "ClientTimeout",
     "ConnectError",
@@ -49,13 +61,17 @@ __all__ = [
     "Forbidden",
     "HandshakeRejected",
     "NotConnected",
+    "OutboxFull",
+    "PublishFailed",
     "RateLimited",
     "RequestTimeout",
     "SendQueueFull",
     "ServerError",
     "TLSError",
+    "Unavailable",
     "close_is_retryable",
     "is_retryable",
+    "publish_is_retryable",
     "server_error",
     "status_is_retryable",
 ]
@@ -155,14 +171,63 @@ class Forbidden(ServerError):
     The connection stays open."""
 
 
+class Unavailable(ServerError):
+    """``unavailable`` (protocol v1.1): the message could not be given an offset because the process that
+    sequences its stream died meanwhile. Sending it again with the same ``id`` is safe and is what the
+    server asks for; the client does it by itself for acknowledged sends, until their timeout."""
+
+
 #: Error codes with an exception class of their own.
-_SERVER_ERRORS: dict[str, type[ServerError]] = {"rate_limited": RateLimited, "forbidden": Forbidden}
+_SERVER_ERRORS: dict[str, type[ServerError]] = {
+    "rate_limited": RateLimited,
+    "forbidden": Forbidden,
+    "unavailable": Unavailable,
+}
 
 
 def server_error(reply: dict[str, Any]) -> ServerError:
-    """The exception for an ``error`` reply: :exc:`RateLimited`, :exc:`Forbidden` or :exc:`ServerError`."""
+    """The exception for an ``error`` reply: :exc:`RateLimited`, :exc:`Forbidden`, :exc:`Unavailable` or
+    :exc:`ServerError`."""
     code = str(reply.get("code", "error"))
     return _SERVER_ERRORS.get(code, ServerError)(code, str(reply.get("detail", "")), reply)
+
+
+class PublishFailed(ClientError):
+    """An acknowledged send (``ack=True``) ended without an ack.
+
+    ``id`` is the message's id and ``message`` the message as sent; ``error`` is the cause (also in
+    ``__cause__``): the server's :exc:`ServerError` when it refused the message (``code`` is then its
+    error code), a :exc:`NotConnected` when the client closed first, ``None`` otherwise. ``retryable``
+    says whether sending the same message again with the same id (``msg_id=``) may succeed
+    (:func:`publish_is_retryable`); doing so within the server's dedup window publishes it at most once.
+    """
+
+    def __init__(self, text: str, *, id: int | str | None = None, message: dict[str, Any] | None = None,
+                 error: BaseException | None = None) -> None:
+        super().__init__(text)
+        self.id = id
+        self.message = message if message is not None else {}
+        self.error = error
+
+    @property
+    def code(self) -> str | None:
+        """The server's error code when it refused the message, else ``None``."""
+        return self.error.code if isinstance(self.error, ServerError) else None
+
+    @property
+    def retryable(self) -> bool:
+        return publish_is_retryable(self)
+
+
+class AckTimeout(PublishFailed, ClientTimeout):
+    """No ack within the send's timeout. The message may or may not have been published: send it again
+    with the same id (``msg_id=exc.id``) to publish it exactly once (within the server's dedup window).
+    ``error`` is the last ``unavailable`` answer when that is why, else ``None``."""
+
+
+class OutboxFull(PublishFailed):
+    """``max_unacked`` acknowledged sends are already waiting for their ack; this one was not sent. Wait
+    for some acks (or raise ``max_unacked``) and send it again."""
 
 
 class ConnectionLost(ClientError):
@@ -210,6 +275,26 @@ def close_is_retryable(code: int | None, reason: str = "", *, fresh_token: bool 
 def status_is_retryable(status: int | None) -> bool:
     """True when a handshake refused with HTTP ``status`` may succeed later (``None``: not an HTTP status)."""
     return status is not None and status in RETRYABLE_HTTP_STATUSES
+
+
+def publish_is_retryable(exc: BaseException) -> bool:
+    """The single policy for acknowledged sends: may sending the same message again, with the same id,
+    succeed after ``exc``? (The dedup window makes the retry harmless when the first copy got through.)
+
+    Yes after a timeout, a full outbox, ``unavailable``, ``rate_limited`` (after slowing down) or a lost
+    connection; no after any other refusal by the server, nor once the client is closed.
+    """
+    if isinstance(exc, (AckTimeout, OutboxFull)):
+        return True
+    if isinstance(exc, PublishFailed):
+        return exc.error is not None and publish_is_retryable(exc.error)
+    if isinstance(exc, (Unavailable, RateLimited)):
+        return True
+    if isinstance(exc, ServerError):
+        return False
+    if isinstance(exc, ConnectionLost):
+        return not isinstance(exc, FatalClose)
+    return False
 
 
 def is_retryable(exc: BaseException, *, fresh_token: bool = False) -> bool:

@@ -1,41 +1,79 @@
-"""Wire protocol v1 from the client's side (see ``docs/protocol.md``). Pure: no sockets, no asyncio.
+"""Wire protocol v1 and v1.1 from the client's side (see ``docs/protocol.md``). Pure: no sockets, no asyncio.
 
 * Codecs: a short-name table, ``json`` (orjson, text frames) and ``msgpack`` (binary frames), each with
   its WebSocket subprotocol name.
 * Message builders: one function per client-to-server message, validating what the protocol requires,
   so a bad call fails here with :exc:`ValueError` instead of as an ``error`` reply from the server.
+* v1.1 (offsets, recovery, acknowledgements): :class:`Position` (an offset in an epoch of a stream),
+  :func:`stream_of` / :func:`position_of` (which stream a received message belongs to, and where in it),
+  :class:`Ack` / :func:`parse_ack`, :func:`server_version` and :func:`connect_url` (the handshake URL with
+  ``autojoin=0`` and ``session=``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgpack
 import orjson
 
 __all__ = [
+    "ACKED_TYPES",
+    "BROADCAST_STREAM",
     "CODECS",
     "REPLY_TYPES",
+    "STREAM_TYPES",
+    "V1_1",
+    "Ack",
     "Codec",
     "DecodeError",
     "Message",
+    "MsgId",
+    "Position",
     "broadcast",
     "chat",
+    "check_msg_id",
+    "check_session",
     "check_token",
     "codec_for_subprotocol",
+    "connect_url",
     "custom",
     "get_codec",
     "join",
     "leave",
+    "parse_ack",
     "ping",
+    "position_of",
+    "publish",
+    "server_version",
+    "stream_of",
 ]
 
 Message = dict[str, Any]
 
-#: Replies addressed to the sender; they echo the request's ``id``.
-REPLY_TYPES: Final = frozenset({"pong", "stats", "joined", "left", "error"})
+#: A message ``id``: the protocol allows a string or an integer.
+MsgId = int | str
+
+#: Replies addressed to the sender; they echo the request's ``id`` (``ack``: protocol v1.1).
+REPLY_TYPES: Final = frozenset({"pong", "stats", "joined", "left", "error", "ack"})
+
+#: Messages the server relays in a stream; in protocol v1.1 each carries ``offset`` and ``epoch``.
+STREAM_TYPES: Final = frozenset({"chat", "broadcast", "publication"})
+
+#: Client messages that the server acknowledges (v1.1) when they carry an ``id``.
+ACKED_TYPES: Final = frozenset({"chat", "broadcast", "publish"})
+
+#: The stream name of the broadcast channel (v1.1): joined, left and acknowledged like a room.
+BROADCAST_STREAM: Final = "$broadcast"
+
+#: Protocol version from which the server assigns offsets, keeps history and sends acks.
+V1_1: Final = (1, 1)
+
+_SESSION_RE: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 MAX_ROOM_LEN: Final = 128
 MAX_USER_LEN: Final = 64
@@ -165,9 +203,19 @@ def ping(ts: Any = None) -> Message:
     return msg
 
 
-def join(room: str) -> Message:
+def join(room: str, since: Position | None = None) -> Message:
+    """A ``join``; with ``since`` (v1.1), the server first replays what the stream got after it."""
     _check_room(room)
-    return {"type": "join", "room": room}
+    msg: Message = {"type": "join", "room": room}
+    if since is not None:
+        msg["since"] = since.as_since()
+    return msg
+
+
+def publish(room: str, data: Any) -> Message:
+    """A ``publish`` (v1.1): any JSON-representable ``data`` to ``room``, a member or not."""
+    _check_room(room)
+    return {"type": "publish", "room": room, "data": data}
 
 
 def leave(room: str) -> Message:
@@ -191,3 +239,131 @@ def check_token(token: object) -> str:
     if not 0 < len(token) <= MAX_TOKEN_LEN or not token.isprintable() or any(c.isspace() for c in token):
         raise ValueError(f"a token must be 1 to {MAX_TOKEN_LEN} printable characters without spaces")
     return token
+
+
+def check_msg_id(value: object) -> MsgId:
+    """``value`` if it can be a message ``id`` (a string or an integer, not a bool), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"a message id is a string or an integer, not {type(value).__name__}")
+    if isinstance(value, str) and not value:
+        raise ValueError("a message id must not be empty")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Protocol v1.1: streams, offsets, epochs, acknowledgements, sessions
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Position:
+    """Where a client stands in a stream: the last ``offset`` it has of epoch ``epoch``."""
+
+    epoch: str
+    offset: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epoch, str) or not self.epoch:
+            raise ValueError(f"an epoch is a non-empty string, not {self.epoch!r}")
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ValueError(f"an offset is an integer >= 0, not {self.offset!r}")
+
+    def as_since(self) -> dict[str, Any]:
+        """The ``since`` field of a ``join`` that asks for everything after this position."""
+        return {"offset": self.offset, "epoch": self.epoch}
+
+    @classmethod
+    def of(cls, value: Position | Mapping[str, Any]) -> Position:
+        """A Position from itself or from a ``{"offset": n, "epoch": e}`` mapping (ValueError otherwise)."""
+        if isinstance(value, Position):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"a position is a Position or a mapping with offset and epoch, not {value!r}")
+        return cls(value.get("epoch"), value.get("offset"))  # type: ignore[arg-type]
+
+
+def stream_of(msg: Mapping[str, Any]) -> str | None:
+    """The stream a received ``chat`` / ``publication`` (its room) or ``broadcast`` belongs to; ``None``
+    for any other message."""
+    kind = msg.get("type")
+    if kind == "broadcast":
+        return BROADCAST_STREAM
+    if kind in ("chat", "publication"):
+        room = msg.get("room")
+        return room if isinstance(room, str) and room else None
+    return None
+
+
+def position_of(msg: Mapping[str, Any]) -> Position | None:
+    """The ``offset`` / ``epoch`` a message carries (a ``chat``, ``joined``, ``ack``...), or ``None`` when it
+    carries none or malformed ones (a v1 server)."""
+    offset, epoch = msg.get("offset"), msg.get("epoch")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        return None
+    if not isinstance(epoch, str) or not epoch:
+        return None
+    return Position(epoch, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The server's acknowledgement of a ``chat``, ``broadcast`` or ``publish`` sent with an ``id``: the
+    message has ``offset`` in epoch ``epoch`` of stream ``room`` (``$broadcast`` for a broadcast) and is in
+    its history. ``duplicate``: the server had already published that ``id`` (a re-send) and published
+    nothing this time."""
+
+    id: MsgId
+    room: str
+    offset: int
+    epoch: str
+    duplicate: bool = False
+
+    @property
+    def position(self) -> Position:
+        return Position(self.epoch, self.offset)
+
+
+def parse_ack(msg: Mapping[str, Any]) -> Ack | None:
+    """The :class:`Ack` in an ``ack`` message, or ``None`` when it is not a well-formed one."""
+    if msg.get("type") != "ack":
+        return None
+    rid, room, pos = msg.get("id"), msg.get("room"), position_of(msg)
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)) or not isinstance(room, str) or pos is None:
+        return None
+    return Ack(rid, room, pos.offset, pos.epoch, msg.get("duplicate") is True)
+
+
+def server_version(welcome: Mapping[str, Any] | None) -> tuple[int, int]:
+    """The protocol version a ``welcome`` announces: ``"version": "1.1"`` (v1.1 on), else ``protocol``
+    (``1`` -> ``(1, 0)``). ``(0, 0)`` without a welcome."""
+    if welcome is None:
+        return (0, 0)
+    version = welcome.get("version")
+    if isinstance(version, str):
+        major, _, minor = version.partition(".")
+        if major.isdigit() and (minor.isdigit() or not minor):
+            return (int(major), int(minor or 0))
+    major_only = welcome.get("protocol")
+    if isinstance(major_only, int) and not isinstance(major_only, bool):
+        return (major_only, 0)
+    return (1, 0)
+
+
+def check_session(session: object) -> str:
+    """``session`` if the server would accept it (16 to 64 of ``A-Z a-z 0-9 _ -``), else ValueError."""
+    if not isinstance(session, str) or not _SESSION_RE.fullmatch(session):
+        raise ValueError("a session is 16 to 64 characters of A-Z a-z 0-9 _ -")
+    return session
+
+
+def connect_url(url: str, *, autojoin: bool = True, session: str | None = None) -> str:
+    """The handshake URL: ``url`` with ``autojoin=0`` (unless ``autojoin``) and ``session=<session>``
+    set in its query, other query parameters kept (any earlier ``autojoin`` or ``session`` replaced)."""
+    if autojoin and session is None:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("autojoin", "session")]
+    if not autojoin:
+        query.append(("autojoin", "0"))
+    if session is not None:
+        query.append(("session", check_session(session)))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), parts.fragment))

@@ -15,9 +15,9 @@ from collections.abc import Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .aio import DEFAULT_URL, AsyncClient, MessageCallback, State, StateCallback
+from .aio import DEFAULT_URL, AsyncClient, MessageCallback, RecoveryCallback, State, StateCallback
 from .errors import ClientError, RequestTimeout
-from .protocol import Message
+from .protocol import Ack, Message, MsgId, Position
 
 __all__ = ["Client"]
 
@@ -92,6 +92,12 @@ class Client:
     def _timeout(self, timeout: float | None) -> float:
         return self._async.request_timeout if timeout is None else timeout
 
+    def _send_timeout(self, ack: bool, timeout: float | None) -> float | None:
+        """How long a send may take: an acknowledged one waits for its ack (``None``: no bound)."""
+        if not ack:
+            return self._timeout(None)
+        return self._async.ack_timeout if timeout is None else timeout
+
     # ------------------------------------------------------------------------------------------------
     # Introspection
 
@@ -128,6 +134,34 @@ class Client:
         return self._async.closed_reason
 
     @property
+    def server_version(self) -> tuple[int, int]:
+        return self._async.server_version
+
+    @property
+    def session(self) -> str | None:
+        return self._async.session
+
+    @property
+    def positions(self) -> dict[str, Position]:
+        return self._async.positions
+
+    @property
+    def history_lost(self) -> bool:
+        return self._async.history_lost
+
+    @history_lost.setter
+    def history_lost(self, value: bool) -> None:
+        self._async.history_lost = value
+
+    @property
+    def unacked(self) -> int:
+        return self._async.unacked
+
+    @property
+    def duplicates(self) -> int:
+        return self._async.duplicates
+
+    @property
     def user(self) -> str | None:
         return self._async.user
 
@@ -152,6 +186,11 @@ class Client:
     def on_state_change(self, fn: StateCallback) -> StateCallback:
         """Call ``fn(state, error)`` on every state change (connected, reconnecting, closed...)."""
         return self._async.on_state_change(fn)
+
+    def on_recovery(self, fn: RecoveryCallback) -> RecoveryCallback:
+        """Call ``fn(event)`` after each re-join with ``since`` and when a loss shows; see
+        :meth:`client.aio.AsyncClient.on_recovery`."""
+        return self._async.on_recovery(fn)
 
     # ------------------------------------------------------------------------------------------------
     # Operations
@@ -186,9 +225,10 @@ class Client:
     ) -> None:
         self.disconnect()
 
-    def send_message(self, msg: Mapping[str, Any]) -> None:
-        """Send any message as is (a map with a string ``type``)."""
-        self._run(self._async.send_message(msg), self._timeout(None))
+    def send_message(self, msg: Mapping[str, Any], *, ack: bool = False, timeout: float | None = None) -> Ack | None:
+        """Send any message as is (a map with a string ``type``); with ``ack=True``, wait for its ack
+        (see :meth:`client.aio.AsyncClient.send_message`)."""
+        return self._run(self._async.send_message(msg, ack=ack, timeout=timeout), self._send_timeout(ack, timeout))
 
     def request(
         self, msg: Mapping[str, Any], expect: Iterable[str] | None = None, *, timeout: float | None = None
@@ -196,18 +236,46 @@ class Client:
         """Send ``msg`` with a fresh ``id`` and return the reply that echoes it."""
         return self._run(self._async.request(msg, expect, timeout=timeout), self._timeout(timeout))
 
-    def send_chat_message(self, text: str, user: str | None = None, room: str | None = None) -> None:
-        self._run(self._async.send_chat_message(text, user, room), self._timeout(None))
+    def send_chat_message(
+        self, text: str, user: str | None = None, room: str | None = None, *, ack: bool = False,
+        timeout: float | None = None,
+    ) -> Ack | None:
+        return self._run(self._async.send_chat_message(text, user, room, ack=ack, timeout=timeout),
+                         self._send_timeout(ack, timeout))
 
-    def send_broadcast(self, text: str | None = None, *, data: Any = None, user: str | None = None) -> None:
-        self._run(self._async.send_broadcast(text, data=data, user=user), self._timeout(None))
+    def send_chat(
+        self, text: str, room: str | None = None, *, user: str | None = None, ack: bool = False,
+        timeout: float | None = None, msg_id: MsgId | None = None,
+    ) -> Ack | None:
+        """A ``chat``; with ``ack=True``, returns the server's ack (see :meth:`client.aio.AsyncClient.send_chat`)."""
+        return self._run(self._async.send_chat(text, room, user=user, ack=ack, timeout=timeout, msg_id=msg_id),
+                         self._send_timeout(ack, timeout))
+
+    def send_broadcast(
+        self, text: str | None = None, *, data: Any = None, user: str | None = None, ack: bool = False,
+        timeout: float | None = None, msg_id: MsgId | None = None,
+    ) -> Ack | None:
+        return self._run(
+            self._async.send_broadcast(text, data=data, user=user, ack=ack, timeout=timeout, msg_id=msg_id),
+            self._send_timeout(ack, timeout),
+        )
+
+    def publish(
+        self, room: str, data: Any, *, ack: bool = False, timeout: float | None = None, msg_id: MsgId | None = None
+    ) -> Ack | None:
+        """Publish ``data`` to ``room`` (v1.1); with ``ack=True``, returns the server's ack."""
+        return self._run(self._async.publish(room, data, ack=ack, timeout=timeout, msg_id=msg_id),
+                         self._send_timeout(ack, timeout))
 
     def ping(self, *, timeout: float | None = None) -> float:
         """Round-trip time in milliseconds."""
         return self._run(self._async.ping(timeout=timeout), self._timeout(timeout))
 
-    def join(self, room: str, *, timeout: float | None = None) -> list[str]:
-        return self._run(self._async.join(room, timeout=timeout), self._timeout(timeout))
+    def join(
+        self, room: str, *, since: Position | Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> list[str]:
+        # (a join after bad_since is two requests, hence twice the timeout)
+        return self._run(self._async.join(room, since=since, timeout=timeout), 2 * self._timeout(timeout))
 
     def leave(self, room: str, *, timeout: float | None = None) -> list[str]:
         return self._run(self._async.leave(room, timeout=timeout), self._timeout(timeout))

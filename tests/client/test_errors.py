@@ -13,7 +13,7 @@ ALL = [
     errors.ConnectError, errors.ConnectionRefused, errors.HandshakeRejected, errors.ConnectTimeout,
     errors.ClientTimeout, errors.RequestTimeout, errors.ServerError, errors.ConnectionLost,
     errors.FatalClose, errors.NotConnected, errors.SendQueueFull, errors.TLSError, errors.RateLimited,
-    errors.Forbidden,
+    errors.Forbidden, errors.Unavailable, errors.PublishFailed, errors.AckTimeout, errors.OutboxFull,
 ]
 
 
@@ -108,3 +108,27 @@ def test_token_expired_is_retried_only_with_a_fresh_token() -> None:
     assert not errors.close_is_retryable(1008, "rate limit exceeded", fresh_token=True)
     assert not errors.close_is_retryable(1002, "token expired", fresh_token=True)
     assert not errors.is_retryable(errors.FatalClose(1008, "token expired"), fresh_token=True)
+
+
+def test_acknowledged_sends_have_one_retry_policy() -> None:
+    def refused(code: str) -> errors.PublishFailed:
+        cause = errors.server_error({"type": "error", "code": code, "detail": "x", "id": 7})
+        return errors.PublishFailed("refused", id=7, error=cause)
+
+    assert isinstance(errors.server_error({"code": "unavailable"}), errors.Unavailable)
+    assert refused("unavailable").retryable and refused("rate_limited").retryable
+    for code in ("forbidden", "bad_room", "no_room", "bad_message"):
+        exc = refused(code)
+        assert not exc.retryable and exc.code == code and exc.id == 7
+    assert errors.AckTimeout("t", id=1).retryable and errors.OutboxFull("f").retryable
+    lost = errors.PublishFailed("lost", error=errors.ConnectionLost(1006))
+    assert lost.retryable and lost.code is None
+    assert not errors.PublishFailed("closed", error=errors.NotConnected("bye")).retryable
+    assert not errors.PublishFailed("fatal", error=errors.FatalClose(1008)).retryable
+    assert not errors.PublishFailed("why?").retryable
+
+
+def test_ack_timeout_is_a_timeout_and_a_publish_failure() -> None:
+    exc = errors.AckTimeout("no ack", id="c1", message={"type": "chat"})
+    assert isinstance(exc, TimeoutError) and isinstance(exc, errors.ClientTimeout)
+    assert isinstance(exc, errors.PublishFailed) and str(exc) == "no ack" and exc.message == {"type": "chat"}

@@ -72,3 +72,67 @@ def test_codec_lookup() -> None:
         protocol.get_codec("xml")
     assert protocol.codec_for_subprotocol("fanwire.msgpack").name == "msgpack"
     assert protocol.codec_for_subprotocol(None).name == "json"  # no subprotocol in the answer: JSON
+
+
+# ---------------------------------------------------------------------------------------------------
+# Protocol v1.1
+
+
+def test_v11_builders() -> None:
+    since = protocol.Position("k3v9x", 41)
+    assert protocol.join("games", since) == {"type": "join", "room": "games", "since": {"offset": 41, "epoch": "k3v9x"}}
+    assert protocol.publish("auction-7", {"bid": 120}) == {"type": "publish", "room": "auction-7", "data": {"bid": 120}}
+    assert protocol.check_msg_id("c1") == "c1" and protocol.check_msg_id(3) == 3
+    for bad in (True, 1.5, "", None):
+        with pytest.raises(ValueError):
+            protocol.check_msg_id(bad)
+
+
+def test_positions() -> None:
+    assert protocol.Position.of({"offset": 3, "epoch": "e"}) == protocol.Position("e", 3)
+    for bad in ({"offset": -1, "epoch": "e"}, {"offset": 1, "epoch": ""}, {"offset": True, "epoch": "e"}, 3):
+        with pytest.raises(ValueError):
+            protocol.Position.of(bad)  # type: ignore[arg-type]
+    assert protocol.position_of({"type": "chat", "offset": 4, "epoch": "e"}) == protocol.Position("e", 4)
+    assert protocol.position_of({"type": "chat"}) is None
+    assert protocol.position_of({"type": "chat", "offset": "4", "epoch": "e"}) is None
+
+
+def test_streams_of_messages() -> None:
+    assert protocol.stream_of({"type": "chat", "room": "games"}) == "games"
+    assert protocol.stream_of({"type": "publication", "room": "feed"}) == "feed"
+    assert protocol.stream_of({"type": "broadcast", "text": "x"}) == "$broadcast"
+    assert protocol.stream_of({"type": "pong"}) is None
+    assert protocol.stream_of({"type": "chat"}) is None
+
+
+def test_acks() -> None:
+    ack = protocol.parse_ack({"type": "ack", "id": 12, "room": "games", "offset": 58, "epoch": "k3v9x"})
+    assert ack == protocol.Ack(12, "games", 58, "k3v9x", False)
+    assert ack.position == protocol.Position("k3v9x", 58)
+    dup = protocol.parse_ack({"type": "ack", "id": "c1", "room": "$broadcast", "offset": 1, "epoch": "b",
+                              "duplicate": True})
+    assert dup is not None and dup.duplicate
+    assert protocol.parse_ack({"type": "ack", "id": 1, "room": "r"}) is None
+    assert protocol.parse_ack({"type": "pong", "id": 1}) is None
+
+
+def test_server_version() -> None:
+    assert protocol.server_version({"type": "welcome", "protocol": 1, "version": "1.1"}) == (1, 1)
+    assert protocol.server_version({"type": "welcome", "protocol": 1}) == (1, 0)
+    assert protocol.server_version({"type": "welcome"}) == (1, 0)
+    assert protocol.server_version({"type": "welcome", "version": "2"}) == (2, 0)
+    assert protocol.server_version(None) == (0, 0)
+
+
+def test_connect_url() -> None:
+    session = "AbCdEfGhIjKlMnOpQrStUv"
+    assert protocol.connect_url("ws://h:1") == "ws://h:1"
+    assert protocol.connect_url("ws://h:1", autojoin=False) == "ws://h:1/?autojoin=0"
+    assert protocol.connect_url("wss://h/x?token=t&session=old", autojoin=False, session=session) == \
+        f"wss://h/x?token=t&autojoin=0&session={session}"
+    assert protocol.connect_url("ws://h:1/", session=session) == f"ws://h:1/?session={session}"
+    for bad in ("short", "x" * 65, "has space in it!!!!"):
+        with pytest.raises(ValueError):
+            protocol.connect_url("ws://h", session=bad)
+    assert protocol.check_session("a_b-C" * 4) == "a_b-C" * 4
