@@ -223,8 +223,9 @@ class Streams:
 
     @property
     def positions(self) -> dict[str, Position]:
-        """The position in every stream that has one."""
-        return {room: pos for room, t in self._trackers.items() if (pos := t.position) is not None}
+        """The position in every stream that has one. (``list()`` first: the blocking client reads this
+        from another thread than the one updating it.)"""
+        return {room: pos for room, t in list(self._trackers.items()) if (pos := t.position) is not None}
 
     def since(self, room: str) -> Position | None:
         """What to ask for when joining ``room`` again: the position, or ``None`` when there is none."""
