@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+import msgpack
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -204,6 +205,13 @@ class FakeConn:
     rooms: list[str]
     broadcast: bool  # receives $broadcast
     user: str | None = None
+    codec: str = "json"
+
+    def encode(self, msg: dict[str, Any]) -> str | bytes:
+        return json.dumps(msg) if self.codec == "json" else msgpack.packb(msg, use_bin_type=True)
+
+    def decode(self, raw: str | bytes) -> Any:
+        return json.loads(raw) if self.codec == "json" else msgpack.unpackb(raw, raw=False)
 
 
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -215,7 +223,7 @@ def new_epoch() -> str:
 
 class FakeV11Server(FakeServer):
     """The server side of protocol v1.1 (docs/protocol.md, "Protocol v1.1: nothing lost"), small and
-    single-threaded, JSON only: ``welcome`` with ``version``, ``session`` and (with ``autojoin=0``)
+    single-threaded, JSON or msgpack: ``welcome`` with ``version``, ``session`` and (with ``autojoin=0``)
     ``autojoin``; offsets and epochs per stream (rooms and ``$broadcast``), a history of
     ``history_size`` messages, ``join`` with ``since`` (replay, ``recovered``, ``replayed``,
     ``bad_since``), acks for ``chat`` / ``broadcast`` / ``publish`` with an ``id``, and the dedup of ids
@@ -288,7 +296,7 @@ class FakeV11Server(FakeServer):
     def send_raw(self, n: int, msg: dict[str, Any]) -> None:
         """Send ``msg`` as is to connection ``n``."""
         async def go() -> None:
-            await self.conns[n].ws.send(json.dumps(msg))
+            await self.conns[n].ws.send(self.conns[n].encode(msg))
         self.call(go)
 
     def history(self, room: str) -> list[dict[str, Any]]:
@@ -311,7 +319,10 @@ class FakeV11Server(FakeServer):
 
     async def _start(self) -> None:
         self._lock = asyncio.Lock()
-        await super()._start()
+        self._server = await serve(self._handler, "127.0.0.1", 0,
+                                   subprotocols=["fanwire.msgpack", "fanwire.json"],  # type: ignore[list-item]
+                                   process_request=self._process_request, close_timeout=0.5)
+        self.port = next(iter(self._server.sockets)).getsockname()[1]
 
     def _stream(self, room: str) -> FakeStream:
         if room not in self.streams:
@@ -325,7 +336,7 @@ class FakeV11Server(FakeServer):
 
     async def _send(self, conn: FakeConn, msg: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await conn.ws.send(json.dumps(msg))
+            await conn.ws.send(conn.encode(msg))
 
     async def _append(self, room: str, msg: dict[str, Any]) -> dict[str, Any]:
         """Give ``msg`` the stream's next offset, keep it in history, send it to every member."""
@@ -346,17 +357,18 @@ class FakeV11Server(FakeServer):
         query = dict(parse_qsl(urlsplit(ws.request.path if ws.request else "/").query))
         explicit = query.get("autojoin") == "0"
         session = query.get("session") or secrets.token_urlsafe(16)[:22]
-        conn = FakeConn(n, ws, session, f"0-{n:x}", [] if explicit else ["lobby"], not explicit)
-        hello = {**welcome(n=n), "version": "1.1", "session": session, "rooms": list(conn.rooms)}
+        codec = "msgpack" if ws.subprotocol == "fanwire.msgpack" else "json"
+        conn = FakeConn(n, ws, session, f"0-{n:x}", [] if explicit else ["lobby"], not explicit, codec=codec)
+        hello = {**welcome(n=n), "version": "1.1", "session": session, "rooms": list(conn.rooms), "codec": codec}
         if explicit:
             hello["autojoin"] = list(self.autojoin)
         assert self._lock is not None
         async with self._lock:
             self.conns[n] = conn
-            await ws.send(json.dumps(hello))
+            await ws.send(conn.encode(hello))
         try:
             async for raw in ws:
-                msg = json.loads(raw)
+                msg = conn.decode(raw)
                 self.received.append((n, msg))
                 async with self._lock:
                     await self._handle(conn, msg)

@@ -12,7 +12,7 @@ server (the client under test, whose connection is cut), and asserts what the ap
   after the reconnect.
 
 Against a real multi-worker server, pass the same ``url`` for every client: the workers they land on
-differ, which is the point. Usage::
+differ, which is the point. ``codec`` is the codec of the client under test. Usage::
 
     with ServerProcess(workers=2) as srv, ChaosProxy(srv.port) as proxy:
         run(recovery_after_cut(srv.url, proxy))
@@ -54,9 +54,9 @@ class Seen:
         return hits[0]
 
 
-async def recovery_after_cut(url: str, proxy: ChaosProxy) -> tuple[AsyncClient, Seen]:
+async def recovery_after_cut(url: str, proxy: ChaosProxy, codec: str = "json") -> tuple[AsyncClient, Seen]:
     """Returns the (still connected) subscriber and what it saw; the caller disconnects it."""
-    sub = AsyncClient(proxy.url, backoff=FAST, user="sub")
+    sub = AsyncClient(proxy.url, codec, backoff=FAST, user="sub")
     pub = AsyncClient(url, backoff=FAST, user="pub")
     seen = Seen(sub)
     await sub.connect()
@@ -107,9 +107,9 @@ async def recovery_after_cut(url: str, proxy: ChaosProxy) -> tuple[AsyncClient, 
         await pub.disconnect()
 
 
-async def exactly_once_after_cut(url: str, proxy: ChaosProxy, room: str = "auction") -> list[Ack]:
+async def exactly_once_after_cut(url: str, proxy: ChaosProxy, room: str = "auction", codec: str = "json") -> list[Ack]:
     """Returns the three acks (the middle one came back after the reconnect)."""
-    pub = AsyncClient(proxy.url, backoff=FAST, user="pub")
+    pub = AsyncClient(proxy.url, codec, backoff=FAST, user="pub")
     obs = AsyncClient(url, backoff=FAST)
     seen = Seen(obs)
     await obs.connect()
@@ -138,8 +138,8 @@ async def exactly_once_after_cut(url: str, proxy: ChaosProxy, room: str = "aucti
         await obs.disconnect()
 
 
-async def queued_while_down_is_sent_once(url: str, proxy: ChaosProxy, room: str = "queue") -> Ack:
-    pub = AsyncClient(proxy.url, backoff=FAST, user="pub")
+async def queued_while_down_is_sent_once(url: str, proxy: ChaosProxy, room: str = "queue", codec: str = "json") -> Ack:
+    pub = AsyncClient(proxy.url, codec, backoff=FAST, user="pub")
     obs = AsyncClient(url, backoff=FAST)
     seen = Seen(obs)
     await obs.connect()

@@ -44,21 +44,28 @@ def proxy(fake: FakeV11Server) -> Iterator[ChaosProxy]:
         yield p
 
 
-def test_recovery_after_cut(fake: FakeV11Server, proxy: ChaosProxy) -> None:
+CODECS = ["json", "msgpack"]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_recovery_after_cut(fake: FakeV11Server, proxy: ChaosProxy, codec: str) -> None:
     async def body() -> None:
-        sub, _ = await scenarios.recovery_after_cut(fake.url, proxy)
+        sub, _ = await scenarios.recovery_after_cut(fake.url, proxy, codec)
+        assert sub.codec == codec
         await sub.disconnect()
 
     run(body())
 
 
-def test_exactly_once_after_cut(fake: FakeV11Server, proxy: ChaosProxy) -> None:
-    run(scenarios.exactly_once_after_cut(fake.url, proxy))
+@pytest.mark.parametrize("codec", CODECS)
+def test_exactly_once_after_cut(fake: FakeV11Server, proxy: ChaosProxy, codec: str) -> None:
+    run(scenarios.exactly_once_after_cut(fake.url, proxy, codec=codec))
     assert fake.texts("auction") == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
-def test_queued_while_down_is_sent_once(fake: FakeV11Server, proxy: ChaosProxy) -> None:
-    run(scenarios.queued_while_down_is_sent_once(fake.url, proxy))
+@pytest.mark.parametrize("codec", CODECS)
+def test_queued_while_down_is_sent_once(fake: FakeV11Server, proxy: ChaosProxy, codec: str) -> None:
+    run(scenarios.queued_while_down_is_sent_once(fake.url, proxy, codec=codec))
     assert fake.texts("queue") == ["while down", "after"]
 
 
@@ -461,3 +468,10 @@ def test_unavailable_at_a_rejoin_retries_the_restore(fake: FakeV11Server, proxy:
         await c.disconnect()
 
     run(body())
+
+
+def test_demo_against_a_v11_server(fake: FakeV11Server) -> None:
+    p = subprocess.run([sys.executable, "-m", "client", "demo", "--url", fake.url], cwd=ROOT, capture_output=True,
+                       text=True, timeout=T(30))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "protocol 1.1); rooms: lobby" in p.stdout and "all features shown" in p.stdout
