@@ -83,11 +83,13 @@ def test_counter_resets_and_odd_families_do_not_break_the_dashboard(pages: Pages
     n = fake.call(lambda: len(fake.snapshots))
     fake.reset_counters()  # a worker restart: every counter drops
     seen = []
+    read = """() => ["in", "out", "deliveries", "bytes-in", "drops", "errors"].map(
+        (t) => parseFloat(document.getElementById("t-" + t).dataset.value))"""
     while fake.call(lambda: len(fake.snapshots)) < n + 3:  # sample the page across the reset
-        seen.append([tile_value(page, t) for t in ("in", "out", "deliveries", "bytes-in", "drops", "errors")])
-        time.sleep(0.03)
-    assert len(seen) > 10
-    assert all(v is not None and v >= 0 for row in seen for v in row), seen
+        seen.append(page.evaluate(read))
+        time.sleep(0.02)
+    assert len(seen) >= 3
+    assert all(v >= 0 for row in seen for v in row), seen  # NaN (no value) fails too
     assert page.locator("#t-connections .value").text_content() == "1"
 
 
