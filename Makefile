@@ -54,7 +54,7 @@ bench: $(STAMP)
 	$(PY) -m bench run $(ARGS)
 
 bench-quick: $(STAMP)
-	$(PY) -m bench run --quick $(ARGS)
+	$(PY) -m bench run --quick --out results/quick $(ARGS)
 
 bench-micro: $(STAMP)
 	$(PY) -m pytest -q bench/micro --benchmark-only --benchmark-json=results/micro.json -p no:cacheprovider $(ARGS)

@@ -1,6 +1,8 @@
 """A mergeable latency histogram with log-linear buckets (HdrHistogram-like). Pure, no I/O.
 
-Values are non-negative integers (the harness records microseconds). Values below 128 get a bucket each;
+Values are integers (the harness records microseconds). A negative value is never clamped: it is counted
+in :attr:`Histogram.negative` and left out of the buckets, so a reader sees that something measured time
+backwards (a timer that fired early, a clock mix-up) instead of a run of zeros. Values below 128 get a bucket each;
 above, every power of two is split into 64 buckets, so any reported value is within 1/128 (0.8 %) of
 the truth. Load processes each keep their own histogram; the parent merges them exactly by adding bucket
 counts. Histograms travel between processes and into the result JSON as plain dicts (:meth:`to_dict`).
@@ -48,7 +50,7 @@ def bucket_bounds(index: int) -> tuple[int, int]:
 class Histogram:
     """Counts of integer values in log-linear buckets, with exact count, sum, min and max."""
 
-    __slots__ = ("count", "counts", "max", "min", "total")
+    __slots__ = ("count", "counts", "max", "min", "negative", "total")
 
     def __init__(self) -> None:
         self.counts: list[int] = [0] * _NBUCKETS
@@ -56,11 +58,13 @@ class Histogram:
         self.total = 0
         self.min = -1  # -1: empty
         self.max = -1
+        self.negative = 0  # values below zero: counted here, never put in a bucket
 
     def record(self, value: int) -> None:
         if value < _EXACT:
             if value < 0:
-                value = 0
+                self.negative += 1
+                return
             self.counts[value] += 1
         else:
             if value > _MAX_VALUE:
@@ -80,6 +84,7 @@ class Histogram:
 
     def merge(self, other: Histogram) -> Histogram:
         """Add ``other`` into this histogram; returns self."""
+        self.negative += other.negative
         if other.count == 0:
             return self
         counts = self.counts
@@ -120,7 +125,7 @@ class Histogram:
         def s(v: float | None) -> float | None:
             return None if v is None else round(v / scale, 4)
 
-        out: dict[str, Any] = {"count": self.count, "mean": s(self.mean),
+        out: dict[str, Any] = {"count": self.count, "negative": self.negative, "mean": s(self.mean),
                                "min": s(self.min if self.count else None),
                                "max": s(self.max if self.count else None)}
         for p in percentiles:
@@ -135,6 +140,7 @@ class Histogram:
             "total": self.total,
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
+            "negative": self.negative,
         }
 
     @classmethod
@@ -146,6 +152,7 @@ class Histogram:
         h.total = int(data["total"])
         h.min = -1 if data["min"] is None else int(data["min"])
         h.max = -1 if data["max"] is None else int(data["max"])
+        h.negative = int(data.get("negative", 0))
         return h
 
     @classmethod

@@ -1,18 +1,29 @@
 """The load generator: several forked processes, each a uvloop loop of raw ``asyncio.Protocol`` clients.
 
-Why not a WebSocket library: a Python client library tops out well below the server (see
-/work/shared/FIELD-NOTES.md), so each load process speaks just enough RFC 6455 itself (bench.wsproto):
+Why not a WebSocket library: a Python client library tops out well below the server (measured on the
+2-vCPU machine: a generator built on a fast client library topped out near 295k msg/s at 100 % CPU, less
+than the servers it was meant to load), so each load process speaks just enough RFC 6455 itself
+(bench.wsproto):
 
 - frames whose payload does not change are built and masked once, and re-sent from a table of
   pre-joined batches (``frame * k``), so a pipelined round trip costs one ``write`` per batch;
-- when only throughput is measured, replies are counted from frame headers and payloads are skipped
+- when only throughput is measured, replies are counted from frame headers and the first bytes of their
+  payload, which must hold a marker of ours (:class:`~bench.wsproto.Expect`): an error frame, or a reply
+  to someone else, is counted apart (``bad``), never as a round trip; the rest of the payload is skipped
   without being copied or decoded (:class:`~bench.wsproto.FrameCounter`);
 - when latency is measured, the send time is in the payload and is the time the message was *scheduled*
   (open loop, no coordinated omission); the reply's timestamp is read with one regex (JSON) or one
-  ``msgpack.unpackb`` and recorded in a per-process :class:`~bench.hist.Histogram` that merges exactly.
+  ``msgpack.unpackb`` and recorded in a per-process :class:`~bench.hist.Histogram` that merges exactly; a
+  reply without our timestamp is counted as unexpected;
+- connections opened at a controlled rate start on time (:func:`~bench.timing.wait_until` spins the last
+  2 ms instead of trusting a timer that fires early) and their handshake time runs from the *real* start;
+  early starts are counted, never hidden;
+- every command reports what was sent, what came back as expected, what came back unexpected, and which
+  connections closed, so the parent can mark a window invalid when anything was lost.
 
 The parent (:class:`LoadPool`) sends each process a command over a pipe (``open``, ``pingpong``,
-``openloop``, ``listen``, ``publish``, ``collect``, ``wait_all``, ``close``, ``quit``) with absolute start
+``openloop``, ``listen``, ``publish``, ``collect``, ``wait_all``, ``hold``, ``count``, ``close``, ``quit``) with
+absolute start
 times on the shared ``CLOCK_MONOTONIC``, so all processes start and measure the same window. Every loop
 is bounded by a count and a deadline; a process whose parent disappears exits.
 """
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import multiprocessing
 import multiprocessing.connection
@@ -39,12 +51,14 @@ import orjson
 
 from .hist import Histogram
 from .procstat import pin
+from .timing import Starts, wait_until
 from .wsproto import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    Expect,
     FrameCounter,
     FrameReader,
     expected_accept,
@@ -53,7 +67,7 @@ from .wsproto import (
     new_key,
 )
 
-__all__ = ["LoadError", "LoadPool", "ping_frame", "ping_payload"]
+__all__ = ["LoadError", "LoadPool", "new_marker", "ping_frame", "ping_payload"]
 
 _now = time.monotonic_ns
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -103,18 +117,38 @@ TS_PARSERS: dict[tuple[str, str], Callable[[bytearray, int, int], int]] = {
 }
 
 
-def ping_payload(codec: str, size: int, ts: Any = None) -> bytes:
-    """A ``ping`` of about ``size`` bytes whose ``ts`` is padding (pong echoes it back, so replies are
-    the same size) -- or ``[ts, padding]`` when a timestamp is given."""
-    head = {"type": "ping", "ts": "" if ts is None else [ts, ""]}
+def new_marker() -> str:
+    """A random marker for one run's messages: the replies that carry it are ours (ASCII, 12 chars)."""
+    return "fw" + os.urandom(5).hex()
+
+
+def ping_payload(codec: str, size: int, ts: Any = None, marker: str = "") -> bytes:
+    """A ``ping`` of about ``size`` bytes whose ``ts`` is ``marker`` plus padding (pong echoes it back, so
+    replies are the same size and carry the marker) -- or ``[ts, marker + padding]`` with a timestamp."""
+    head = {"type": "ping", "ts": marker if ts is None else [ts, marker]}
     base = len(orjson.dumps(head) if codec == "json" else msgpack.packb(head))
-    pad = "x" * max(0, size - base - (2 if size - base > 31 else 0))
+    pad = marker + "x" * max(0, size - base - (2 if size - base > 31 else 0))
     msg = {"type": "ping", "ts": pad if ts is None else [ts, pad]}
     return orjson.dumps(msg) if codec == "json" else bytes(msgpack.packb(msg))
 
 
-def ping_frame(codec: str, size: int, mask: bytes) -> bytes:
-    return masked_frame(OP_TEXT if codec == "json" else OP_BINARY, ping_payload(codec, size), mask)
+def ping_frame(codec: str, size: int, mask: bytes, marker: str = "") -> bytes:
+    return masked_frame(OP_TEXT if codec == "json" else OP_BINARY, ping_payload(codec, size, marker=marker), mask)
+
+
+def pong_expect(marker: str) -> dict[str, Any]:
+    """The :class:`~bench.wsproto.Expect` (as a dict, to cross the pipe) of a pong to our ping."""
+    return {"tokens": (b"pong", marker.encode()), "head": 128}
+
+
+def echo_payload(size: int, marker: str) -> bytes:
+    """An echo message of exactly ``size`` bytes starting with ``marker`` (cut when ``size`` is smaller)."""
+    return (marker.encode() + b"x" * size)[:size]
+
+
+def echo_expect(payload: bytes, opcode: int) -> dict[str, Any]:
+    """The echo of ``payload``: same opcode, same length, same first bytes."""
+    return {"tokens": (payload[:16],) if payload else (), "opcode": opcode, "length": len(payload), "head": 16}
 
 
 class LoadError(RuntimeError):
@@ -126,9 +160,10 @@ class LoadError(RuntimeError):
 
 
 class Client(asyncio.Protocol):
-    __slots__ = ("accept", "batch", "batches", "closed", "codec", "counter", "expect_welcome", "first_ns",
-                 "gen", "hbuf", "hist", "hs_ns", "inflight", "last_ns", "mode", "opened", "owed", "reader",
-                 "received", "request", "running", "rx_bytes", "sent", "transport", "ts_of", "worker")
+    __slots__ = ("aborting", "accept", "bad", "batch", "batches", "closed", "codec", "counter", "expect_welcome",
+                 "first_ns", "gen", "hbuf", "hist", "hs_ns", "inflight", "last_ns", "mode", "opened", "owed",
+                 "reader", "received", "request", "running", "rx_bytes", "sent", "transport", "ts_of", "ts_range",
+                 "worker")
 
     def __init__(self, gen: Gen, request: bytes, accept: bytes, expect_welcome: bool, codec: str) -> None:
         self.gen = gen
@@ -144,7 +179,8 @@ class Client(asyncio.Protocol):
         self.worker = -1
         self.counter = FrameCounter()
         self.reader: FrameReader | None = None
-        self.received = 0
+        self.received = 0  # messages that were what we expected
+        self.bad = 0  # messages that were not (read in M_TS; M_IDLE / M_PINGPONG count in counter.bad)
         self.sent = 0
         self.rx_bytes = 0
         self.first_ns = 0
@@ -155,8 +191,10 @@ class Client(asyncio.Protocol):
         self.batches: list[bytes] = []
         self.running = False
         self.ts_of: Callable[[bytearray, int, int], int] = _ts_pong_json
+        self.ts_range = (0, 1 << 62)  # a timestamp of ours lies in here
         self.hist: Histogram | None = None
         self.closed = False
+        self.aborting = False  # we are closing it: its loss is not the server's
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -169,7 +207,7 @@ class Client(asyncio.Protocol):
         self.transport = None
         if not self.opened.done():
             self.opened.set_exception(ConnectionError("closed during the handshake"))
-        else:
+        elif not self.aborting:
             self.gen.lost += 1
 
     def eof_received(self) -> bool | None:
@@ -198,11 +236,8 @@ class Client(asyncio.Protocol):
             self._read_ts(data)
         elif mode == M_IDLE:
             c = self.counter
-            if (len(data) > 1 and data[1] < 126 and len(data) == data[1] + 2 and data[0] & 0x88 == 0x80
-                    and not c.skip and not c.partial):
-                n = 1  # the common case in fan-out: exactly one small, final data frame
-            else:
-                n = c.feed(data)
+            # the common case in fan-out: exactly one small, final data frame, and ours
+            n = 1 if c.one_small_frame(data) else c.feed(data)
             self.rx_bytes += len(data)
             if n:
                 now = _now()
@@ -281,15 +316,19 @@ class Client(asyncio.Protocol):
         g = self.gen
         buf = reader.buf
         ts_of = self.ts_of
+        lo, hi = self.ts_range
         hist = self.hist
         n = 0
         for op, s, e in frames:
             if op & 0x08:
                 self._control(op, bytes(buf[s:e]))
                 continue
-            n += 1
             ts = ts_of(buf, s, e)
-            if ts and g.w0 <= ts < g.w1:
+            if not lo <= ts < hi:  # not ours: an error frame, someone else's message, a fragment
+                self.bad += 1
+                continue
+            n += 1
+            if g.w0 <= ts < g.w1:
                 g.win_replies += 1
                 if hist is not None:
                     hist.record((now - ts) // 1000)
@@ -315,9 +354,13 @@ class Client(asyncio.Protocol):
             return
         if op == OP_PING:
             t.write(masked_frame(OP_PONG, payload, self.gen.mask))
+            self.gen.pings += 1
         elif op == OP_CLOSE:
             t.write(masked_frame(OP_CLOSE, payload[:2], self.gen.mask))
             self.closed = True
+            code = str(int.from_bytes(payload[:2], "big")) if len(payload) >= 2 else "none"
+            codes = self.gen.close_codes
+            codes[code] = codes.get(code, 0) + 1
 
     def _fail(self, why: str) -> None:
         if not self.opened.done():
@@ -327,8 +370,9 @@ class Client(asyncio.Protocol):
 
     # --- modes --------------------------------------------------------------------------------------
 
-    def to_mode(self, mode: int) -> None:
-        """Switch mode and reset the counters, carrying over a frame that is half-way through."""
+    def to_mode(self, mode: int, expect: Expect | None = None) -> None:
+        """Switch mode and reset the counters, carrying over a frame that is half-way through. ``expect``:
+        what a valid message looks like from now on (M_IDLE and M_PINGPONG)."""
         if self.counter.control:
             self._controls()
         if mode == M_TS:
@@ -346,6 +390,9 @@ class Client(asyncio.Protocol):
                 self.counter.feed(leftover)
                 if self.counter.control:
                     self._controls()
+        self.counter.expect = expect
+        self.counter.bad = 0
+        self.bad = 0
         self.mode = mode
         self.received = 0
         self.rx_bytes = 0
@@ -354,6 +401,16 @@ class Client(asyncio.Protocol):
         self.last_ns = 0
         self.owed = 0
         self.running = False
+
+    def bad_total(self) -> int:
+        """Messages since the last mode switch that were not what we expected."""
+        return self.bad + self.counter.bad
+
+    def abort(self) -> None:
+        """Close it from our side (not counted as lost)."""
+        self.aborting = True
+        if self.transport is not None:
+            self.transport.abort()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,7 +428,10 @@ class Gen:
         self.mask = os.urandom(4)
         self.key = new_key()
         self.accept = expected_accept(self.key)
-        self.lost = 0
+        self.lost = 0  # connections the server (or the network) closed under us
+        self.pings = 0  # server pings answered
+        self.close_codes: dict[str, int] = {}  # close frames received, by code
+        self.listening: list[Client] = []  # the connections a ``listen`` started with
         # measurement window (ns, CLOCK_MONOTONIC) shared by all connections of this process
         self.w0 = 0
         self.w1 = 0
@@ -387,8 +447,7 @@ class Gen:
         self.loop.call_later(1.0, self._watch_parent)
         await self.done
         for c in self.conns:
-            if c.transport is not None:
-                c.transport.abort()
+            c.abort()
         await asyncio.sleep(0)
 
     def _watch_parent(self) -> None:
@@ -431,11 +490,14 @@ class Gen:
                        subprotocol: str | None = None, codec: str = "json", expect_welcome: bool = False,
                        sources: Sequence[str] = (), max_pending: int = 256, timeout: float = 10.0,
                        deadline: float = 120.0) -> dict[str, Any]:
-        """Open ``count`` connections, the i-th scheduled at ``start_at + i / rate`` (``rate`` None: as
-        fast as ``max_pending`` concurrent handshakes allow). Handshake time runs from the scheduled start
-        (or, unthrottled, from the actual start) to the 101 response."""
+        """Open ``count`` connections, the i-th due at ``start_at + i / rate`` (``rate`` None: as fast as
+        ``max_pending`` concurrent handshakes allow). A due start is waited for without ever starting
+        early (:func:`~bench.timing.wait_until`); handshake time runs from the *real* start (taken just
+        before the TCP connect) to the 101 response (and, for fanwire, its welcome message). How late each
+        real start was against the schedule, and how many were early, is reported beside it."""
         request = handshake_request(host, port, self.key, subprotocol)
         hist = Histogram()
+        starts = Starts()
         errors: dict[str, int] = {}
         sem = asyncio.Semaphore(max_pending)
         tasks: list[asyncio.Task[None]] = []
@@ -448,6 +510,9 @@ class Gen:
             src = sources[i % len(sources)] if sources else None
             sock: socket.socket | None = None
             proto: Client | None = None
+            start = _now()
+            if rate:
+                starts.note(due_ns, start)
             try:
                 async with asyncio.timeout(timeout):
                     if src:
@@ -463,15 +528,17 @@ class Gen:
                         _, proto = await self.loop.create_connection(
                             lambda: Client(self, request, self.accept, expect_welcome, codec), host, port)
                     await proto.opened
-                hist.record((proto.hs_ns - due_ns) // 1000)
+                hist.record((proto.hs_ns - start) // 1000)
                 self.conns.append(proto)
                 last = max(last, proto.hs_ns)
-                first = min(first, due_ns) if first else due_ns
+                first = min(first, start) if first else start
             except Exception as exc:
                 kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    kind += f" ({errno.errorcode.get(exc.errno, exc.errno)})"
                 errors[kind] = errors.get(kind, 0) + 1
-                if proto is not None and proto.transport is not None:
-                    proto.transport.abort()
+                if proto is not None:
+                    proto.abort()
                 elif sock is not None:
                     sock.close()
             finally:
@@ -483,9 +550,7 @@ class Gen:
                 break
             if rate:
                 due = t0 + int(i * 1e9 / rate)
-                delay = (due - _now()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await wait_until(due)
                 await sem.acquire()
             else:
                 await sem.acquire()
@@ -497,16 +562,20 @@ class Gen:
         for c in self.conns:
             workers[c.worker] = workers.get(c.worker, 0) + 1
         return {"opened": hist.count, "errors": errors, "handshake_us": hist.to_dict(), "first_ns": first,
-                "last_ns": last, "workers": workers, "conns": len(self.alive())}
+                "last_ns": last, "workers": workers, "conns": len(self.alive()),
+                "starts": starts.to_dict() if rate else None}
 
     async def cmd_pingpong(self, frame: bytes, inflight: int, batch: int, start_at: float, warmup: float,
-                           duration: float, drain: float = 2.0) -> dict[str, Any]:
+                           duration: float, expect: dict[str, Any], drain: float = 2.0) -> dict[str, Any]:
         """Closed loop: every connection keeps ``inflight`` messages outstanding and re-sends a batch as
-        soon as ``batch`` replies are in. Counts replies inside [start+warmup, start+warmup+duration]."""
+        soon as ``batch`` expected replies are in. Counts replies inside [start+warmup,
+        start+warmup+duration]; after a drain, reports every request that was not answered as expected."""
         conns = self.alive()
+        exp = Expect(**expect)
+        lost0 = self.lost
         batches = [frame * k for k in range(inflight + 1)]
         for c in conns:
-            c.to_mode(M_PINGPONG)
+            c.to_mode(M_PINGPONG, exp)
             c.batches = batches
             c.batch = batch
             c.inflight = inflight
@@ -527,36 +596,44 @@ class Gen:
         for c in conns:
             c.running = False
         end = time.monotonic() + drain
-        while time.monotonic() < end and any(c.sent > c.received and not c.closed for c in conns):
+        while time.monotonic() < end and any(c.sent > c.received + c.bad_total() and not c.closed for c in conns):
             await asyncio.sleep(0.01)
-        outstanding = sum(max(0, c.sent - c.received) for c in conns if not c.closed)
         sent = sum(c.sent for c in conns)
+        ok = sum(c.received for c in conns)
+        bad = sum(c.bad_total() for c in conns)
+        extra = sum(max(0, c.received - c.sent) for c in conns)
+        closed = sum(c.closed for c in conns)
         for c in conns:
             c.to_mode(M_IDLE)
         return {"received": r1 - r0, "rx_bytes": b1 - b0, "window_s": t1 - t0, "sent_total": sent,
-                "outstanding": outstanding, "conns": len(conns), "closed": sum(c.closed for c in conns),
+                "ok_total": ok, "unexpected": bad, "extra": extra, "closed": closed,
+                "outstanding": sum(max(0, c.sent - c.received - c.bad_total()) for c in conns if not c.closed),
+                "conns": len(conns), "lost_conns": self.lost - lost0, "close_codes": dict(self.close_codes),
                 "tx_frame_bytes": len(frame)}
 
     async def cmd_openloop(self, rate: float, start_at: float, warmup: float, duration: float, codec: str,
                            size: int, drain: float = 2.0) -> dict[str, Any]:
         """Open loop: ``rate`` pings per second spread round-robin over this process's connections, each
-        carrying the time it was *scheduled* to be sent. Latency = reply arrival - scheduled send time."""
+        carrying the time it was *scheduled* to be sent. Latency = reply arrival - scheduled send time.
+        A reply counts only when it carries one of our scheduled times."""
         conns = self.alive()
         if not conns:
             raise LoadError("no open connections")
+        lost0 = self.lost
         hist = Histogram()
         lag = Histogram()
         parse = TS_PARSERS[("pong", codec)]
+        t0 = int(start_at * 1e9)
+        total = int(rate * (warmup + duration))
+        interval = 1e9 / rate
         for c in conns:
             c.to_mode(M_TS)
             c.ts_of = parse
+            c.ts_range = (t0, t0 + int(total * interval) + 1)
             c.hist = hist
-        t0 = int(start_at * 1e9)
         self.w0 = t0 + int(warmup * 1e9)
         self.w1 = self.w0 + int(duration * 1e9)
         self.win_rx = self.win_replies = self.rx_total = 0
-        interval = 1e9 / rate
-        total = int(rate * (warmup + duration))
         opcode = OP_TEXT if codec == "json" else OP_BINARY
         mask = self.mask
         template = ping_payload(codec, size, ts=10**15)  # the size with a 16-digit timestamp
@@ -597,49 +674,57 @@ class Gen:
                 # timers are 1 ms coarse: sleep only when the next send is far away, else spin
                 await asyncio.sleep(wait - 0.0015 if wait > 0.002 else 0)
         end = time.monotonic() + drain
-        while time.monotonic() < end and self.rx_total < sent:
+        while time.monotonic() < end and sum(c.received + c.bad for c in conns) < sent:
             await asyncio.sleep(0.005)
+        ok = sum(c.received for c in conns)
+        bad = sum(c.bad for c in conns)
+        closed = sum(c.closed for c in conns)
         for c in conns:
             c.to_mode(M_IDLE)
             c.hist = None
         return {"sent": sent, "sent_window": sent_window, "replies_window": self.win_replies,
-                "received": self.rx_total, "latency_us": hist.to_dict(), "send_lag_us": lag.to_dict(),
-                "conns": nconn}
+                "received": ok, "unexpected": bad, "closed": closed, "lost_conns": self.lost - lost0,
+                "latency_us": hist.to_dict(), "send_lag_us": lag.to_dict(), "conns": nconn}
 
-    async def cmd_listen(self, w0: float, w1: float, sample_every: int = 1) -> dict[str, Any]:
+    async def cmd_listen(self, w0: float, w1: float, marker: str, sample_every: int = 1) -> dict[str, Any]:
         """Receive mode for fan-out: every ``sample_every``-th connection reads the timestamp out of
         each message and records its delivery latency (per worker id of the receiving connection); the
-        others count messages from headers. Deliveries inside [w0, w1) are counted by arrival time."""
+        others count messages from headers and check our ``marker`` in their first bytes. Deliveries
+        inside [w0, w1) are counted by arrival time."""
         self.w0 = int(w0 * 1e9)
         self.w1 = int(w1 * 1e9)
         self.win_rx = self.win_replies = self.rx_total = 0
         self.hists = {}
+        exp = Expect((marker.encode(),), head=256)
         sampled = 0
-        for i, c in enumerate(self.alive()):
+        self.listening = self.alive()
+        for i, c in enumerate(self.listening):
             if sample_every and i % sample_every == 0:
                 c.to_mode(M_TS)
                 c.ts_of = TS_PARSERS[("text", c.codec)]
+                c.ts_range = (self.w0 - 3600 * 10**9, self.w1 + 3600 * 10**9)
                 h = self.hists.get(c.worker)
                 if h is None:
                     h = self.hists[c.worker] = Histogram()
                 c.hist = h
                 sampled += 1
             else:
-                c.to_mode(M_IDLE)
+                c.to_mode(M_IDLE, exp)
                 c.hist = None
-        return {"listening": len(self.conns), "sampled": sampled}
+        return {"listening": len(self.listening), "sampled": sampled}
 
-    async def cmd_publish(self, rate: float, start_at: float, count: int, codec: str = "json",
+    async def cmd_publish(self, rate: float, start_at: float, count: int, marker: str, codec: str = "json",
                           size: int = 100, kind: str = "broadcast") -> dict[str, Any]:
         """Send ``count`` messages of ``kind`` (broadcast or chat) from this process's first connection,
-        on an open-loop schedule, each carrying its scheduled send time (ns) at the start of ``text``."""
+        on an open-loop schedule, each carrying its scheduled send time (ns) and our ``marker`` at the
+        start of ``text``."""
         conns = self.alive()
         if not conns:
             raise LoadError("no open connection to publish from")
         pub = conns[0]
         opcode = OP_TEXT if codec == "json" else OP_BINARY
         mask = self.mask
-        pad = "x" * max(0, size - 60)
+        pad = marker + "x" * max(0, size - 60 - len(marker))
         t0 = int(start_at * 1e9)
         interval = 1e9 / rate if rate else 0.0
         sent = 0
@@ -650,8 +735,7 @@ class Gen:
             if now > hard_stop:
                 break
             if ts > now:
-                wait = (ts - now) / 1e9
-                await asyncio.sleep(wait - 0.0005 if wait > 0.0015 else 0)
+                await wait_until(ts)
                 continue
             msg = {"type": kind, "text": f"{ts} {pad}"}
             data = orjson.dumps(msg) if codec == "json" else bytes(msgpack.packb(msg))
@@ -662,20 +746,30 @@ class Gen:
                 await asyncio.sleep(0)
         return {"sent": sent, "worker": pub.worker}
 
-    async def cmd_collect(self) -> dict[str, Any]:
-        """What the receivers saw since ``listen``; back to idle."""
-        conns = self.alive()
+    async def cmd_collect(self, expected_each: int | None = None) -> dict[str, Any]:
+        """What the receivers saw since ``listen``; back to idle. With ``expected_each`` (the messages
+        every receiver was owed), also what was lost: owed and not received as expected, received but
+        not ours, received more than once, and the receivers that closed."""
+        conns = self.listening
         counts = [c.received for c in conns]
         firsts = [c.first_ns for c in conns if c.first_ns]
         lasts = [c.last_ns for c in conns if c.last_ns]
-        out = {"win_rx": self.win_rx, "received": sum(counts), "conns": len(conns),
-               "min_received": min(counts) if counts else 0,
-               "first_ns": min(firsts) if firsts else 0, "last_first_ns": max(firsts) if firsts else 0,
-               "last_ns": max(lasts) if lasts else 0,
-               "hists": {str(w): h.to_dict() for w, h in self.hists.items()}, "lost": self.lost}
-        for c in conns:
+        out: dict[str, Any] = {
+            "win_rx": self.win_rx, "received": sum(counts), "conns": len(conns),
+            "min_received": min(counts) if counts else 0,
+            "first_ns": min(firsts) if firsts else 0, "last_first_ns": max(firsts) if firsts else 0,
+            "last_ns": max(lasts) if lasts else 0,
+            "hists": {str(w): h.to_dict() for w, h in self.hists.items()}, "lost_conns": self.lost,
+            "unexpected": sum(c.bad_total() for c in conns), "closed": sum(c.closed for c in conns),
+            "close_codes": dict(self.close_codes)}
+        if expected_each is not None:
+            out["expected"] = expected_each * len(conns)
+            out["missing"] = sum(max(0, expected_each - n) for n in counts)
+            out["extra"] = sum(max(0, n - expected_each) for n in counts)
+        for c in self.alive():
             c.to_mode(M_IDLE)
             c.hist = None
+        self.listening = []
         self.w0 = self.w1 = 0
         return out
 
@@ -689,15 +783,29 @@ class Gen:
         conns = self.alive()
         return {"reached": sum(c.received >= expect for c in conns), "conns": len(conns)}
 
+    async def cmd_hold(self, duration: float) -> dict[str, Any]:
+        """Keep every open connection open for ``duration`` seconds, answering the server's pings; report
+        what closed under us and how many pings were answered."""
+        conns = self.alive()
+        lost0, pings0 = self.lost, self.pings
+        codes0 = dict(self.close_codes)
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            await asyncio.sleep(min(0.5, max(0.0, end - time.monotonic())))
+        codes = {k: v - codes0.get(k, 0) for k, v in self.close_codes.items() if v - codes0.get(k, 0)}
+        return {"conns": len(conns), "alive": len(self.alive()), "closed": self.lost - lost0,
+                "pings_answered": self.pings - pings0, "close_codes": codes}
+
     async def cmd_count(self) -> dict[str, Any]:
-        return {"conns": len(self.alive()), "lost": self.lost}
+        return {"conns": len(self.alive()), "lost": self.lost, "pings": self.pings,
+                "close_codes": dict(self.close_codes)}
 
     async def cmd_close(self) -> dict[str, Any]:
         n = 0
         for c in self.conns:
             if c.transport is not None:
-                c.transport.abort()
                 n += 1
+            c.abort()
         self.conns = []
         await asyncio.sleep(0.01)
         return {"aborted": n}

@@ -1,13 +1,22 @@
-"""The servers under test, as child processes: fanwire (``python -m server``) and the baseline.
+"""The servers under test, as child processes: fanwire (``python -m server``) and its peers.
 
 The harness sees a server only as a process: it starts it on a free port, waits for its ready line,
 learns the pids that do the work (fanwire's workers, from their ``listening`` lines), pins them to their
 cores, reads their CPU time and memory from /proc, and stops it with SIGTERM (SIGKILL after a deadline).
-Output goes to log files under ``results/tmp/``, never to a pipe, so no thread has to drain it.
+Output goes to log files under ``<out>/tmp/``, never to a pipe, so no thread has to drain it.
+
+:data:`TARGETS` is the table of everything a scenario can start, by short name. ``server`` is the name a
+figure is filed under in a result's ``summary`` (fanwire in echo mode is still "fanwire"; websockets'
+echo server on uvloop is the informed-user baseline), ``protocol`` says what the load may send it:
+
+- ``chat``: the fanwire protocol (ping/pong, broadcast): fanwire, and the two websockets baselines;
+- ``echo``: a plain WebSocket echo: ``fanwire --mode echo``, websockets' echo on uvloop, picows;
+- ``relay``: every data message goes to every connection, as is: the raw-socket floor of fan-out.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -15,7 +24,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +34,61 @@ from .procstat import CorePlan, pin, rss_bytes
 ROOT = Path(__file__).resolve().parent.parent
 
 _WORKER_RE = re.compile(r"fanwire: worker (\d+) pid (\d+) listening")
-_READY_RE = re.compile(r"(?:fanwire: ready, .*supervisor pid (\d+)|baseline: ready on .*\(pid (\d+)\))")
+_FANWIRE_READY_RE = re.compile(r"fanwire: ready, .*supervisor pid (\d+)")
+_PEER_READY_RE = re.compile(r"(\S+): ready on ws://\S+ \(pid (\d+)\)")
 
-TARGETS = ("fanwire", "baseline")
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One server the harness can start."""
+
+    name: str
+    server: str  # the name its figures are filed under in a summary
+    label: str  # for charts and tables
+    argv: Callable[[str, int, int], list[str]]  # (host, port, workers) -> arguments after the interpreter
+    protocol: str  # "chat", "echo" or "relay"
+    multi: bool = False  # honours the worker count (else: always one process)
+    welcome: bool = False  # sends a welcome message that names the worker
+    needs: str = ""  # a module that must be importable (an optional peer)
+
+    def missing(self) -> str:
+        """Why this target cannot run here ("" when it can)."""
+        if self.needs and importlib.util.find_spec(self.needs) is None:
+            return f"{self.needs} is not installed (pip install -e '.[bench]')"
+        return ""
+
+
+def _fanwire(mode: str) -> Callable[[str, int, int], list[str]]:
+    def argv(host: str, port: int, workers: int) -> list[str]:
+        return ["-m", "server", "--host", host, "--port", str(port), "--workers", str(workers), "--mode", mode,
+                "--log-level", "warning"]
+    return argv
+
+
+def _module(module: str, *extra: str) -> Callable[[str, int, int], list[str]]:
+    def argv(host: str, port: int, workers: int) -> list[str]:
+        return ["-m", module, "--host", host, "--port", str(port), *extra]
+    return argv
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("fanwire", "fanwire", "fanwire", _fanwire("chat"), "chat", multi=True, welcome=True),
+    Target("fanwire-echo", "fanwire", "fanwire --mode echo", _fanwire("echo"), "echo", multi=True),
+    Target("baseline", "baseline", "websockets, as documented (asyncio, json)",
+           _module("bench.baseline_server"), "chat"),
+    Target("baseline-uvloop", "baseline-uvloop", "websockets + uvloop + orjson",
+           _module("bench.baseline_server", "--loop", "uvloop", "--json", "orjson"), "chat"),
+    Target("websockets-echo", "baseline-uvloop", "websockets echo on uvloop",
+           _module("bench.baseline_server", "--loop", "uvloop", "--mode", "echo"), "echo"),
+    Target("picows-echo", "picows", "picows echo (uvloop)", _module("bench.picows_server"), "echo",
+           needs="picows"),
+    Target("floor", "floor", "raw-socket floor (no validation)", _module("bench.floor_server"), "relay"),
+)}
+
+# the order of every chart's legend and table column
+SERVER_ORDER = ("fanwire", "baseline", "baseline-uvloop", "picows", "floor")
+SERVER_LABELS = {"fanwire": "fanwire", "baseline": "websockets, as documented",
+                 "baseline-uvloop": "websockets + uvloop + orjson", "picows": "picows", "floor": "raw-socket floor"}
 
 
 class ServerError(RuntimeError):
@@ -41,17 +103,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Server:
-    """One server under test. ``kind`` is ``fanwire`` or ``baseline``; ``workers`` is ignored for the
-    baseline (always one process). Use as a context manager: it always stops what it started."""
+    """One server under test, by target name (:data:`TARGETS`); ``workers`` only counts for a target that
+    honours it. Use as a context manager: it always stops what it started."""
 
-    def __init__(self, kind: str, workers: int = 1, *, mode: str = "chat", host: str = "127.0.0.1",
+    def __init__(self, target: str, workers: int = 1, *, mode: str | None = None, host: str = "127.0.0.1",
                  extra_args: Sequence[str] = (), log_dir: Path | None = None, plan: CorePlan | None = None,
                  start_timeout: float = 30.0) -> None:
-        if kind not in TARGETS:
-            raise ValueError(f"unknown server kind {kind!r}")
-        self.kind = kind
-        self.workers = workers if kind == "fanwire" else 1
-        self.mode = mode
+        if mode is not None and mode != "chat":  # the older spelling: Server("fanwire", mode="echo")
+            target = f"{target}-{mode}"
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+        self.spec = TARGETS[target]
+        self.target = target
+        self.workers = workers if self.spec.multi else 1
         self.host = host
         self.port = 0
         self.extra_args = list(extra_args)
@@ -62,22 +126,30 @@ class Server:
         self.worker_pids: list[int] = []
         self.log_path: Path | None = None
 
+    @property
+    def mode(self) -> str:
+        """What the load may send it: "chat", "echo" or "relay"."""
+        return self.spec.protocol
+
+    @property
+    def kind(self) -> str:
+        """The server this target's figures are filed under ("fanwire", "baseline", ...)."""
+        return self.spec.server
+
     # --- lifecycle --------------------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        if self.kind == "fanwire":
-            return [sys.executable, "-m", "server", "--host", self.host, "--port", str(self.port),
-                    "--workers", str(self.workers), "--mode", self.mode, "--log-level", "warning",
-                    *self.extra_args]
-        return [sys.executable, "-m", "bench.baseline_server", "--host", self.host, "--port", str(self.port),
-                *self.extra_args]
+        return [sys.executable, *self.spec.argv(self.host, self.port, self.workers), *self.extra_args]
 
     def start(self) -> Server:
+        missing = self.spec.missing()
+        if missing:
+            raise ServerError(f"{self.target}: {missing}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         last_exc: Exception | None = None
         for _attempt in range(3):  # a free port can be taken between probing and binding
             self.port = free_port(self.host)
-            self.log_path = self.log_dir / f"{self.kind}-{self.port}.log"
+            self.log_path = self.log_dir / f"{self.target}-{self.port}.log"
             try:
                 self._spawn()
                 break
@@ -85,7 +157,7 @@ class Server:
                 last_exc = exc
                 self.stop()
         else:
-            raise ServerError(f"{self.kind} did not start: {last_exc}")
+            raise ServerError(f"{self.target} did not start: {last_exc}")
         if self.plan is not None:
             self.apply_plan(self.plan)
         return self
@@ -98,15 +170,15 @@ class Server:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
-            m = _READY_RE.search(text)
-            if m:
-                if self.kind == "fanwire":
+            if self.spec.server == "fanwire":
+                if _FANWIRE_READY_RE.search(text):
                     self.worker_pids = [int(pid) for _, pid in sorted(
                         ((int(w), p) for w, p in _WORKER_RE.findall(text)))]
                     if len(self.worker_pids) != self.workers:
                         raise ServerError(f"expected {self.workers} workers, saw {len(self.worker_pids)}")
-                else:
-                    self.worker_pids = [self.proc.pid]
+                    return
+            elif _PEER_READY_RE.search(text):
+                self.worker_pids = [self.proc.pid]
                 return
             if self.proc.poll() is not None:
                 raise ServerError(f"exited with {self.proc.returncode}: {text[-800:]}")
@@ -116,8 +188,8 @@ class Server:
     def apply_plan(self, plan: CorePlan) -> None:
         for pid, cpus in zip(self.worker_pids, plan.server):
             pin(pid, cpus)
-        if self.kind == "fanwire" and self.proc is not None:
-            pin(self.proc.pid, plan.server[0])  # the supervisor is idle; keep it off the load cores
+        if self.proc is not None and self.proc.pid not in self.worker_pids:
+            pin(self.proc.pid, plan.server[0])  # fanwire's supervisor is idle; keep it off the load cores
 
     def stop(self, timeout: float = 10.0) -> int | None:
         proc = self.proc
@@ -172,7 +244,7 @@ class Server:
         return sum(rss_bytes(pid) or 0 for pid in self.worker_pids)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "workers": self.workers, "mode": self.mode,
+        return {"target": self.target, "server": self.kind, "workers": self.workers,
                 "command": " ".join(self.command()[1:]).replace(str(self.port), "<port>")}
 
 

@@ -3,13 +3,17 @@
 - :func:`handshake_request` / :func:`expected_accept`: the HTTP upgrade request and the answer to check.
 - :func:`masked_frame`: one final, masked client frame (RFC 6455 requires clients to mask). Frames whose
   payload does not change are built once and written many times.
-- :class:`FrameCounter`: counts the messages in a stream of server frames from their headers alone,
-  skipping payloads without copying or decoding them; control frames (ping, close) are handed back.
+- :class:`Expect`: what a valid reply looks like (its opcode, its exact length when known, and tokens of
+  ours that must appear near the start of its payload: the pong of *our* ping, the echo of *our* message).
+- :class:`FrameCounter`: counts the messages in a stream of server frames from their headers, skipping
+  payloads without copying or decoding them; with an :class:`Expect` it looks at the first bytes of each
+  payload and counts only the replies that match, the others in :attr:`FrameCounter.bad` (an error
+  frame is not a round trip); control frames (ping, close) are handed back.
 - :class:`FrameReader`: the same, but returns each complete data frame's payload position in a buffer,
   for scenarios that read a timestamp out of the payload.
 
 Server frames are never masked, and neither fanwire nor websockets fragments the messages the harness
-provokes, so a message is one frame with FIN set.
+provokes, so a message is one frame with FIN set; a fragment would be counted as an unexpected reply.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import base64
 import hashlib
 import os
 import struct
+from dataclasses import dataclass
 from typing import Final
 
 try:
@@ -32,6 +37,7 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "Expect",
     "FrameCounter",
     "FrameReader",
     "expected_accept",
@@ -102,20 +108,51 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
     return _H64(b0, 127, n) + payload
 
 
-class FrameCounter:
-    """Counts complete data messages in a stream of server frames, from the headers alone.
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What a valid reply looks like: a final data frame (of ``opcode`` when given, of exactly ``length``
+    payload bytes when given) whose first ``head`` payload bytes contain every one of ``tokens``.
 
-    :meth:`feed` returns the number of data frames with FIN whose header was seen in this chunk.
-    Payloads are skipped by arithmetic (no copy), so a 16 KiB message costs the same as a 64 B one.
-    Control frames are kept whole and collected in :attr:`control` as ``(opcode, payload)``.
+    The tokens are ours: a random marker in the ping that the pong must echo, the type of the reply
+    (``pong``), the marker at the start of an echoed message. Only the head is looked at, so checking a
+    16 KiB reply costs what checking a 64 B one does.
     """
 
-    __slots__ = ("control", "partial", "skip")
+    tokens: tuple[bytes, ...]
+    opcode: int | None = None
+    length: int | None = None
+    head: int = 128
 
-    def __init__(self) -> None:
+    def matches(self, b0: int, length: int, data: bytes, start: int, end: int) -> bool:
+        """Frame byte 0, payload length, and the payload head ``data[start:end]``."""
+        op = b0 & 0x0F
+        if not b0 & 0x80 or op == OP_CONT:
+            return False  # fragmented: we never provoke one
+        if self.opcode is not None and op != self.opcode:
+            return False
+        if self.length is not None and length != self.length:
+            return False
+        return all(data.find(t, start, end) >= 0 for t in self.tokens)
+
+
+class FrameCounter:
+    """Counts complete data messages in a stream of server frames.
+
+    :meth:`feed` returns the number of data messages completed by this chunk: every data frame with FIN,
+    or, with an :class:`Expect`, every frame that matches it (the others are counted in :attr:`bad`).
+    Payloads are skipped by arithmetic (no copy) past the head an :class:`Expect` looks at, so a 16 KiB
+    message costs the same as a 64 B one. Control frames are kept whole and collected in :attr:`control`
+    as ``(opcode, payload)``.
+    """
+
+    __slots__ = ("bad", "control", "expect", "partial", "skip")
+
+    def __init__(self, expect: Expect | None = None) -> None:
         self.skip = 0  # payload bytes of the current frame still to come
-        self.partial = b""  # an incomplete header (or control frame) carried to the next chunk
+        self.partial = b""  # an incomplete header (or control frame, or head) carried to the next chunk
         self.control: list[tuple[int, bytes]] = []
+        self.expect = expect
+        self.bad = 0  # data frames that did not match ``expect``
 
     def feed(self, data: bytes) -> int:
         n = len(data)
@@ -160,11 +197,35 @@ class FrameCounter:
                 self.control.append((b0 & 0x0F, data[pos + hl:end]))
                 pos = end
                 continue
-            if b0 & 0x80:
-                msgs += 1
+            exp = self.expect
+            if exp is None:
+                if b0 & 0x80:
+                    msgs += 1
+            else:
+                start = pos + hl
+                end = start + (ln if ln < exp.head else exp.head)
+                if end > n:  # the head is not all here yet: carry it (a few dozen bytes)
+                    self.partial = data[pos:]
+                    self.skip = 0
+                    return msgs
+                if exp.matches(b0, ln, data, start, end):
+                    msgs += 1
+                else:
+                    self.bad += 1
             pos += hl + ln
         self.skip = pos - n
         return msgs
+
+    def one_small_frame(self, data: bytes) -> bool:
+        """True when ``data`` is exactly one small final data frame that counts as a message (the common
+        case of a fan-out receiver): a shortcut the caller may take instead of :meth:`feed`."""
+        if self.skip or self.partial or len(data) < 2 or data[1] >= 126 or len(data) != data[1] + 2:
+            return False
+        b0 = data[0]
+        if b0 & 0x88 != 0x80:
+            return False
+        exp = self.expect
+        return exp is None or exp.matches(b0, len(data) - 2, data, 2, min(len(data), 2 + exp.head))
 
 
 class FrameReader:

@@ -72,9 +72,9 @@ def test_empty_and_clamping() -> None:
     h = Histogram()
     assert h.percentile(99) is None and h.mean is None
     assert h.summary()["p99"] is None and h.to_dict()["min"] is None
-    h.record(-5)
-    h.record(2**60)
-    assert h.min == 0 and h.count == 2
+    h.record(-5)  # counted apart, never clamped to 0
+    h.record(2**60)  # clamped to 2**48 - 1 (~9 years in us)
+    assert h.negative == 1 and h.count == 1 and h.min == h.max == 2**48 - 1
     with pytest.raises(ValueError):
         h.percentile(101)
 

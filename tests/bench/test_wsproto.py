@@ -138,3 +138,85 @@ def test_timestamp_parsers_read_fanwire_and_baseline_json() -> None:
     for text in (b'{"type":"broadcast","from":"0-1","user":null,"text":"99 xxx","ts":1}',
                  b'{"type": "broadcast", "from": "x", "text": "99 xxx", "ts": 1}'):
         assert TS_PARSERS[("text", "json")](bytearray(text), 0, len(text)) == 99
+
+
+# --- reply verification: only the replies we asked for count ------------------------------------------
+
+
+def pong(marker: str, codec: str = "json", baseline: bool = False) -> bytes:
+    """The pong a server sends back to our ping (fanwire: orjson order; baseline: json.dumps spacing)."""
+    import json
+
+    import msgpack
+    import orjson
+
+    ts = json.loads(ping_payload("json", 64, marker=marker))["ts"]
+    reply = {"type": "pong", "server_ts": 1764125000125, "ts": ts}
+    if codec == "msgpack":
+        return server_frame(OP_BINARY, msgpack.packb(reply))
+    return server_frame(OP_TEXT, json.dumps(reply).encode() if baseline else orjson.dumps(reply))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_only_pongs_carrying_our_marker_count(seed: int) -> None:
+    from bench.loadgen import new_marker, pong_expect
+    from bench.wsproto import Expect
+
+    rng = random.Random(seed)
+    marker, other = new_marker(), new_marker()
+    error = server_frame(OP_TEXT, b'{"type":"error","code":"bad_message","detail":"unknown type"}')
+    parts, good, bad = [], 0, 0
+    for _ in range(200):
+        k = rng.random()
+        if k < 0.6:
+            parts.append(pong(marker, rng.choice(["json", "msgpack"]), baseline=rng.random() < 0.5))
+            good += 1
+        elif k < 0.75:
+            parts.append(error)
+            bad += 1
+        elif k < 0.85:
+            parts.append(pong(other))  # someone else's pong
+            bad += 1
+        else:
+            parts.append(server_frame(OP_PING, b"hb"))
+    c = FrameCounter(Expect(**pong_expect(marker)))
+    assert sum(c.feed(chunk) for chunk in chunks(b"".join(parts), rng)) == good
+    assert c.bad == bad
+    assert all(op == OP_PING for op, _ in c.control)
+
+
+@pytest.mark.parametrize("size", [10, 64, 16384, 70000])
+def test_an_echo_must_have_our_size_and_our_first_bytes(size: int) -> None:
+    from bench.loadgen import echo_expect, echo_payload, new_marker
+    from bench.wsproto import Expect
+
+    payload = echo_payload(size, new_marker())
+    assert len(payload) == size
+    exp = Expect(**echo_expect(payload, OP_TEXT))
+    rng = random.Random(size)
+    stream = (server_frame(OP_TEXT, payload) + server_frame(OP_TEXT, payload[:-1])  # short: not ours
+              + server_frame(OP_BINARY, payload)  # wrong opcode
+              + server_frame(OP_TEXT, b"z" * size)  # right size, not our bytes
+              + server_frame(OP_TEXT, payload))
+    c = FrameCounter(exp)
+    assert sum(c.feed(chunk) for chunk in chunks(stream, rng)) == 2
+    assert c.bad == 3
+
+
+def test_a_fragment_is_never_a_round_trip() -> None:
+    from bench.wsproto import Expect
+
+    c = FrameCounter(Expect((b"m",)))
+    first = bytes((0x01, 2)) + b"m1"  # text, FIN not set
+    cont = bytes((0x80, 2)) + b"m2"  # continuation with FIN
+    assert c.feed(first + cont) == 0 and c.bad == 2
+
+
+def test_one_small_frame_shortcut_checks_the_marker() -> None:
+    from bench.wsproto import Expect
+
+    c = FrameCounter(Expect((b"fw12",)))
+    assert c.one_small_frame(server_frame(OP_TEXT, b'{"text":"1 fw12 x"}'))
+    assert not c.one_small_frame(server_frame(OP_TEXT, b'{"type":"error"}'))
+    assert not c.one_small_frame(server_frame(OP_TEXT, b"a" * 200))  # not small: take the full path
+    assert FrameCounter().one_small_frame(server_frame(OP_TEXT, b"anything"))
