@@ -22,7 +22,8 @@ than the servers it was meant to load), so each load process speaks just enough 
   connections closed, so the parent can mark a window invalid when anything was lost.
 
 The parent (:class:`LoadPool`) sends each process a command over a pipe (``open``, ``pingpong``,
-``openloop``, ``listen``, ``publish``, ``collect``, ``wait_all``, ``hold``, ``count``, ``close``, ``quit``) with
+``openloop``, ``listen``, ``publish``, ``progress``, ``collect``, ``wait_all``, ``hold``, ``count``, ``close``,
+``quit``) with
 absolute start
 times on the shared ``CLOCK_MONOTONIC``, so all processes start and measure the same window. Every loop
 is bounded by a count and a deadline; a process whose parent disappears exits.
@@ -536,6 +537,8 @@ class Gen:
                 kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                 if isinstance(exc, OSError) and exc.errno is not None:
                     kind += f" ({errno.errorcode.get(exc.errno, exc.errno)})"
+                elif type(exc) is ConnectionError and exc.args:  # ours: what the server answered, in short
+                    kind += f" ({str(exc.args[0])[:48]})"
                 errors[kind] = errors.get(kind, 0) + 1
                 if proto is not None:
                     proto.abort()
@@ -772,6 +775,10 @@ class Gen:
         self.listening = []
         self.w0 = self.w1 = 0
         return out
+
+    async def cmd_progress(self) -> dict[str, Any]:
+        """How many expected messages the connections of the current ``listen`` have received so far."""
+        return {"received": sum(c.received for c in self.listening), "conns": len(self.listening)}
 
     async def cmd_wait_all(self, expect: int, timeout: float) -> dict[str, Any]:
         """Wait until every open connection has received ``expect`` messages since ``listen``."""

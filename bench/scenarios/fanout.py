@@ -66,6 +66,7 @@ def fanout_window(pool: LoadPool, server_pids: list[int], p: dict[str, Any], rat
     gcpu.stop()
     pub = pool.wait(tickets, timeout=30)[0]
     time.sleep(p["drain"])
+    late = wait_for_stragglers(pool, pub["sent"], p.get("drain_max", 15.0))
     got = pool.call("collect", {"expected_each": pub["sent"]}, timeout=30)
     same, cross, both = Histogram(), Histogram(), Histogram()
     for g in got:
@@ -97,7 +98,27 @@ def fanout_window(pool: LoadPool, server_pids: list[int], p: dict[str, Any], rat
             "cross_worker_ms": cross.summary(1000), "cross_worker_us": cross.to_dict(),
             "server_cpu": cpu, "load_cpu": gcpu.report(), "other_cpu_pct": others_pct(scpu, gcpu),
             "server_us_per_delivery": round(scpu.seconds * 1e6 / delivered, 3) if delivered else None,
-            "sampled_subscribers": f"1 in {sample_every}"}
+            "sampled_subscribers": f"1 in {sample_every}", "waited_for_late_s": late}
+
+
+def wait_for_stragglers(pool: LoadPool, each: int, limit: float) -> float:
+    """After the drain, keep waiting while deliveries still arrive (a late delivery is not a lost one),
+    until all ``each`` x receivers are in, nothing came for a second, or ``limit`` seconds passed.
+    Returns the seconds waited."""
+    t0 = time.monotonic()
+    last, since = -1, t0
+    while time.monotonic() - t0 < limit:
+        prog = pool.call("progress", {}, timeout=30)
+        got = sum(x["received"] for x in prog)
+        if got >= each * sum(x["conns"] for x in prog):
+            break
+        now = time.monotonic()
+        if got != last:
+            last, since = got, now
+        elif now - since > 1.0:
+            break
+        time.sleep(0.1)
+    return round(time.monotonic() - t0, 2)
 
 
 def _log(ctx: Ctx, label: str, run: dict[str, Any]) -> None:
