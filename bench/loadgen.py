@@ -494,7 +494,8 @@ class Gen:
         """Open ``count`` connections, the i-th due at ``start_at + i / rate`` (``rate`` None: as fast as
         ``max_pending`` concurrent handshakes allow). A due start is waited for without ever starting
         early (:func:`~bench.timing.wait_until`); handshake time runs from the *real* start (taken just
-        before the TCP connect) to the 101 response (and, for fanwire, its welcome message). How late each
+        before the TCP connect) to the 101 response (a connection counts as open once fanwire's welcome
+        message has come too, but the welcome is not part of the time). How late each
         real start was against the schedule, and how many were early, is reported beside it."""
         request = handshake_request(host, port, self.key, subprotocol)
         hist = Histogram()

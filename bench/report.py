@@ -293,6 +293,7 @@ def readme(results: dict[str, dict[str, Any]], out: Path | None = None) -> str:
             fl = flags(r, the_set)
             if r.get("label"):
                 fl.append(f"label `{r['label']}`: {env.get('cores')} cores, not part of this set")
+            fl += [f"{t} not run: {why}" for t, why in (r.get("skipped") or {}).items()]
             lines.append(f"| [{stem}.json]({stem}.json) | `{str(env.get('git_commit'))[:10]}`"
                          f"{' + uncommitted changes' if env.get('git_dirty') else ''} | {str(env.get('date'))[:10]} | "
                          f"{r.get('repeats', 1)} | {state} | {'; '.join(fl) or 'clean, complete run'} |")

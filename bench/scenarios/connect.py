@@ -106,7 +106,7 @@ def summarize(ctx: Ctx, p: dict[str, Any], runs: list[dict[str, Any]],
         c = [r for r in mine if r["what"] == "capacity"]
         early = sum(r["early_starts"] or 0 for r in h)
         hs_note = (f"{hs['conns']:,} connections at {hs['rate']:,} conn/s, one server core, load on the other; "
-                   f"from each connection's real start to the 101 (+ welcome); {early} early starts")
+                   f"from each connection's real start to the 101 response; {early} early starts")
 
         def hs_cond(r: dict[str, Any]) -> dict[str, Any]:
             return {**conditions(r), "early_starts": r["early_starts"],
