@@ -207,8 +207,9 @@ def subtitle(res: dict[str, Any], the_set: dict[str, Any] | None = None) -> tupl
     e = res["env"]
     base = (f"{e.get('cpu_model')}, {e.get('cores')} cores, commit {str(e.get('git_commit'))[:10]}, "
             f"{str(e.get('date', ''))[:10]}; median of {res.get('repeats', 1)} run(s), bars: min-max")
-    fl = flags(res, the_set)
-    return (base + ("\n" + "; ".join(f.upper() if i == 0 else f for i, f in enumerate(fl)) if fl else "")), bool(fl)
+    fl = [f if len(f) <= 160 else f[:157] + "..." for f in flags(res, the_set)]
+    text = "; ".join(f.upper() if i == 0 else f for i, f in enumerate(fl))
+    return (base + ("\n" + text if fl else "")), bool(fl)
 
 
 def finish(fig: Figure, res: dict[str, Any], title: str, path: Path, the_set: dict[str, Any] | None) -> Path:
@@ -218,6 +219,7 @@ def finish(fig: Figure, res: dict[str, Any], title: str, path: Path, the_set: di
     width, height = fig.get_size_inches()
     title_lines = textwrap.wrap(title, int(width * 9))
     fig.suptitle("\n".join(title_lines), fontsize=12, fontweight="bold", y=1 - 0.08 / height, va="top")
+    sub = "\n".join(line for part in sub.split("\n") for line in textwrap.wrap(part, int(width * 17)))
     sub_lines = sub.count("\n") + 1
     fig.text(0.5, 0.06 / height, sub, ha="center", va="bottom", fontsize=7.5, color="#b00000" if warn else "#444444")
     bottom = (0.1 + 0.16 * sub_lines) / height
@@ -389,8 +391,6 @@ def chart_latency(res: dict[str, Any], path: Path, the_set: dict[str, Any] | Non
             ax.annotate(key.replace("_", "."), (x, v[0]), xytext=(4, 0), textcoords="offset points", fontsize=7,
                         va="center", color=COLORS.get(s))
         ax.plot([ref / 1.4, ref * 1.4], [GOALS["latency_p99_ms"]] * 2, **GOAL_STYLE)
-        ax.annotate("goal: p99 <= 1 ms\nat 20k msg/s", (ref, GOALS["latency_p99_ms"]), xytext=(0, -4),
-                    textcoords="offset points", ha="center", va="top", fontsize=7, color=GOAL_STYLE["color"])
         ax.axvline(ref, color="#999999", linewidth=0.7)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -404,6 +404,8 @@ def chart_latency(res: dict[str, Any], path: Path, the_set: dict[str, Any] | Non
                                      k.replace("_", ".")) for k, (st, mk) in PCT_STYLE.items()]
     extra.append((Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle=""),
                   "hollow: saturated"))
+    extra.append((Line2D([], [], **GOAL_STYLE), f"goal: p99 <= 1 ms at {ref:,} msg/s"))
+    extra.append((Line2D([], [], color="#999999", linewidth=0.7), f"{ref:,} msg/s (the headline rate)"))
     legend(fig, servers, extra)
     conns = runs[0]["conns"] if runs else 0
     return finish(fig, res, f"Latency: open-loop round trips against offered load, {conns} connections, one server "
