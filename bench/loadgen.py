@@ -599,9 +599,8 @@ class Gen:
         t1 = time.monotonic()
         for c in conns:
             c.running = False
-        end = time.monotonic() + drain
-        while time.monotonic() < end and any(c.sent > c.received + c.bad_total() and not c.closed for c in conns):
-            await asyncio.sleep(0.01)
+        await _drain(lambda: not any(c.sent > c.received + c.bad_total() and not c.closed for c in conns),
+                     lambda: sum(c.received + c.bad_total() for c in conns), drain)
         sent = sum(c.sent for c in conns)
         ok = sum(c.received for c in conns)
         bad = sum(c.bad_total() for c in conns)
@@ -677,9 +676,8 @@ class Gen:
                 wait = (t0 + sent * interval - now) / 1e9
                 # timers are 1 ms coarse: sleep only when the next send is far away, else spin
                 await asyncio.sleep(wait - 0.0015 if wait > 0.002 else 0)
-        end = time.monotonic() + drain
-        while time.monotonic() < end and sum(c.received + c.bad for c in conns) < sent:
-            await asyncio.sleep(0.005)
+        await _drain(lambda: sum(c.received + c.bad for c in conns) >= sent or all(c.closed for c in conns),
+                     lambda: sum(c.received + c.bad for c in conns), drain)
         ok = sum(c.received for c in conns)
         bad = sum(c.bad for c in conns)
         closed = sum(c.closed for c in conns)
@@ -817,6 +815,21 @@ class Gen:
         self.conns = []
         await asyncio.sleep(0.01)
         return {"aborted": n}
+
+
+async def _drain(done: Callable[[], bool], count: Callable[[], int], drain: float, limit: float = 15.0) -> None:
+    """Wait for the replies still in flight: ``drain`` seconds, and longer (up to ``limit``) while they
+    keep coming; a late reply is not a lost one, a reply that stopped coming is."""
+    t0 = time.monotonic()
+    last, since = -1, t0
+    while not done():
+        now = time.monotonic()
+        n = count()
+        if n != last:
+            last, since = n, now
+        if now - t0 > limit or (now - t0 > drain and now - since > 1.0):
+            return
+        await asyncio.sleep(0.005)
 
 
 async def _sleep_until(t: float) -> None:
