@@ -3,6 +3,8 @@ median and spread of repeats."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench.stats import load_bound, median_index, ratio, saturation, spread, window_verdict
@@ -65,3 +67,37 @@ def test_spread_and_median() -> None:
     assert spread([None, 2.0])["n"] == 1
     assert spread([])["median"] is None
     assert median_index([3.0, 1.0, 2.0]) == 2 and median_index([4.0, 1.0, 3.0, 2.0]) == 3
+
+
+def test_a_figure_is_the_median_of_its_valid_runs() -> None:
+    from bench.scenarios.common import file_figure
+
+    runs: list[dict[str, Any]] = [
+            {"v": 100.0, "valid": True, "workers": 1, "server_cpu": {"cpu_pct": 99.0}},
+            {"v": 5.0, "valid": False, "workers": 1},  # lost messages: left out, counted
+            {"v": 120.0, "valid": True, "workers": 1, "server_cpu": {"cpu_pct": 98.0}, "saturated": True},
+            {"v": 110.0, "valid": True, "workers": 1, "server_cpu": {"cpu_pct": 97.0}}]
+    summary: dict[str, Any] = {}
+    file_figure(summary, "x", "fanwire", runs, lambda r: r["v"], "note", "msg/s")
+    entry = summary["x"]
+    assert isinstance(entry, dict)
+    assert entry["fanwire"] == 110.0 and entry["unit"] == "msg/s" and entry["note"] == "note"
+    st = entry["stats"]["fanwire"]
+    assert st["n"] == 3 and st["invalid"] == 1 and st["min"] == 100.0 and st["max"] == 120.0
+    assert entry["conditions"]["fanwire"]["server_cpu_pct"] == 97.0  # the median run's conditions
+    none: dict[str, Any] = {}
+    file_figure(none, "x", "baseline", [{"v": 1.0, "valid": False, "workers": 1}], lambda r: r["v"])
+    e = none["x"]
+    assert isinstance(e, dict) and e["baseline"] is None and e["conditions"]["baseline"]["valid"] is False
+
+
+def test_prometheus_text_is_read_without_the_server() -> None:
+    from bench.promtext import parse
+
+    m = parse('# HELP x\n# TYPE fanwire_connections gauge\nfanwire_connections 12\n'
+              'fanwire_connections_closed_total{code="1000"} 3\nfanwire_connections_closed_total{code="1011"} 2\n'
+              'fanwire_uptime_seconds 1.5e2\nbroken line\n')
+    assert m.total("fanwire_connections") == 12
+    assert m.total("fanwire_connections_closed_total") == 5
+    assert m.total("fanwire_connections_closed_total", code="1011") == 2
+    assert m.total("fanwire_uptime_seconds") == 150.0 and m.total("nope") is None
