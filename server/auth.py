@@ -9,6 +9,8 @@ refused with HTTP 401 before any WebSocket exists. Claims:
 ``iat``        issued at, Unix seconds (informational)
 ``rooms``      the rooms the user may join and publish (``chat``) to; ``"*"`` allows every room
 ``broadcast``  ``true`` if the user may send ``broadcast`` messages (default ``false``)
+``admin``      ``true`` for an operator: ``get_stats`` lists every room, and the ``$stats`` stream may be
+               joined (default ``false``)
 =============  ==========================================================================================
 
 The token travels in ``Authorization: Bearer <token>`` or, for browsers (which cannot set headers on a
@@ -42,6 +44,7 @@ class Grant:
     rooms: frozenset[str]
     broadcast: bool
     expires: float  # Unix seconds
+    admin: bool = False  # operator: every room's stats, the $stats dashboard stream
 
     @property
     def any_room(self) -> bool:
@@ -70,7 +73,7 @@ class GrantPolicy(Policy):
 
 
 def issue(secret: str, user: str, rooms: Iterable[str], ttl: float, broadcast: bool = False,
-          now: float | None = None) -> str:
+          now: float | None = None, admin: bool = False) -> str:
     """A signed token for ``user``, valid ``ttl`` seconds from ``now``."""
     if not 0 < len(user) <= MAX_USER_LEN:
         raise ValueError(f"user must be 1 to {MAX_USER_LEN} characters")
@@ -83,6 +86,8 @@ def issue(secret: str, user: str, rooms: Iterable[str], ttl: float, broadcast: b
     t = time.time() if now is None else now
     claims: dict[str, Any] = {"sub": user, "iat": int(t), "exp": int(t + ttl), "rooms": room_list,
                               "broadcast": bool(broadcast)}
+    if admin:
+        claims["admin"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -105,6 +110,7 @@ def verify(secret: str, token: str, now: float | None = None) -> Grant:
     exp: Any = claims.get("exp")
     rooms = claims.get("rooms", [])
     broadcast = claims.get("broadcast", False)
+    admin = claims.get("admin", False)
     if type(user) is not str or not 0 < len(user) <= MAX_USER_LEN:
         raise AuthError(f"invalid token: 'sub' must be a string of 1 to {MAX_USER_LEN} characters")
     if type(exp) not in (int, float):
@@ -115,7 +121,9 @@ def verify(secret: str, token: str, now: float | None = None) -> Grant:
         raise AuthError("invalid token: 'rooms' must be a list of strings")
     if type(broadcast) is not bool:
         raise AuthError("invalid token: 'broadcast' must be true or false")
-    return Grant(user, frozenset(rooms), broadcast, float(exp))
+    if type(admin) is not bool:
+        raise AuthError("invalid token: 'admin' must be true or false")
+    return Grant(user, frozenset(rooms), broadcast, float(exp), admin)
 
 
 def token_from(authorization: str | None, path: str) -> str | None:

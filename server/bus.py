@@ -8,8 +8,12 @@ arrives into the :class:`BusHandler` it was started with, from the worker's even
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .stats import StatsQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +35,7 @@ class BusHandler(Protocol):
 
     def on_publication(self, pub: Publication) -> None: ...
 
-    def stats_snapshot(self) -> dict[str, Any]: ...
+    def stats_snapshot(self, query: StatsQuery | None = None) -> dict[str, Any]: ...
 
 
 class Bus(abc.ABC):
@@ -48,23 +52,39 @@ class Bus(abc.ABC):
         """Send to every other worker. Never blocks and never raises: what cannot be sent is counted."""
 
     @abc.abstractmethod
-    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
-        """The stats snapshots of the other live workers (and nodes) that answer within ``timeout``."""
+    async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
+        """The stats snapshots of the other live workers (and nodes) that answer within ``timeout``; the
+        workers of this node also count what ``query`` asks."""
 
     @abc.abstractmethod
     async def close(self) -> None:
         """Say goodbye to the peers, flush what can be flushed without blocking, release resources."""
 
-    def interest(self, room: str, present: bool) -> None:  # noqa: B027  (optional hook, no-op by default)
-        """The hub's hint: ``room`` just gained its first local member (``present``) or lost its last.
+    def room_members(self, room: str, count: int) -> None:  # noqa: B027  (optional hook, no-op by default)
+        """The hub's news: ``room`` now has ``count`` members on this worker (0: none left).
 
-        A bus that routes by room (Redis) subscribes to the rooms it needs; one that carries everything
-        (the pipe bus) ignores it. Called synchronously on joins and leaves: must be cheap, never raise.
+        A bus that routes by room (Redis) subscribes to the rooms with members here, and publishes the
+        counts for the other nodes' stats; one that carries everything (the pipe bus) ignores it. Called
+        synchronously on every join and leave: must be cheap, never raise.
         """
+
+    def congested(self) -> bool:
+        """True while more is waiting to be sent than the bus wants to hold: the worker then stops reading
+        from clients that publish (back-pressure) instead of letting the bus drop a shared batch."""
+        return False
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, from the loop, when the bus is no longer congested."""
+        callback()
 
     def healthy(self) -> bool:
         """False while the bus cannot reach where it should (the worker reports ``degraded``)."""
         return True
+
+    def stats_complete(self) -> bool:
+        """False when the last :meth:`gather_stats` could not read everything it should have (the reply
+        then says ``partial``)."""
+        return self.healthy()
 
     def peer_count(self) -> int:
         """How many peers are currently known to be alive."""

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes of unsent output per client before it is closed with 1013 (default %(default)s)")
     g.add_argument("--max-rooms", type=int, default=int(_env("max_rooms", d.max_rooms)),
                    help="rooms per connection (default %(default)s)")
+    g.add_argument("--max-fragments", type=int, default=int(_env("max_fragments", d.max_fragments)),
+                   help="frames per fragmented message; more closes with 1009 (default %(default)s)")
+    g.add_argument("--frame-budget", type=int, default=int(_env("frame_budget", d.frame_budget)),
+                   help="frames of one client handled per wake-up before the others get their turn "
+                        "(default %(default)s)")
     g.add_argument("--compression", action="store_true", default=bool(int(_env("compression", 0))),
                    help="enable permessage-deflate (off by default: it costs memory per connection)")
     g = p.add_argument_group("timing")
@@ -61,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shutdown-timeout", type=float, default=float(_env("shutdown_timeout", d.shutdown_timeout)),
                    help="seconds workers get to close their clients on SIGTERM (default %(default)s)")
     g.add_argument("--stats-timeout", type=float, default=float(_env("stats_timeout", d.stats_timeout)))
+    g.add_argument("--worker-liveness-timeout", type=float,
+                   default=float(_env("worker_liveness_timeout", d.worker_liveness_timeout)),
+                   help="seconds a worker's loop may be unresponsive before the supervisor kills it "
+                        "(default %(default)s)")
     g = p.add_argument_group("bus")
     g.add_argument("--bus", choices=BUSES, default=_env("bus", d.bus),
                    help="pipe: workers of one machine; redis: several nodes (default %(default)s)")

@@ -27,24 +27,18 @@ def default_node_id(host: str, port: int, bus: str) -> str:
 def node_entries(snaps: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per node: its workers, clients, messages and rooms, sorted by node name."""
     nodes: dict[str, dict[str, Any]] = {}
-    rooms: dict[str, set[str]] = {}
     for s in snaps:
         name = str(s.get("node", ""))
         e = nodes.get(name)
         if e is None:
             e = nodes[name] = {"node": name, "workers": 0, "clients": 0, "messages_in": 0, "messages_out": 0,
                                "rooms": 0, "uptime_s": 0.0}
-            rooms[name] = set()
         e["workers"] += 1
         e["clients"] += _int(s.get("clients"))
         e["messages_in"] += _int(s.get("messages_in"))
         e["messages_out"] += _int(s.get("messages_out"))
         e["uptime_s"] = max(e["uptime_s"], _float(s.get("uptime_s")))
-        r = s.get("rooms")
-        if isinstance(r, dict):
-            rooms[name].update(str(k) for k in r)
-    for name, e in nodes.items():
-        e["rooms"] = len(rooms[name])
+        e["rooms"] += _int(s.get("room_count"))  # rooms with members, summed over the node's workers
     return [nodes[n] for n in sorted(nodes)]
 
 

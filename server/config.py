@@ -27,6 +27,8 @@ class Config:
     max_message_size: int = 1 << 20  # bytes; larger messages close with 1009
     max_queue: int = 1 << 20  # bytes of unsent output per connection before a 1013 close
     max_rooms: int = 64  # rooms per connection
+    max_fragments: int = 4096  # frames per fragmented message; more closes with 1009
+    frame_budget: int = 256  # frames of one client handled per wake-up before others get their turn
     compression: bool = False  # permessage-deflate (costs ~50 KiB per connection)
     # --- heartbeats and timeouts -------------------------------------------------------------
     ping_interval: float = 20.0  # seconds of silence before the server pings
@@ -66,7 +68,7 @@ class Config:
             raise ConfigError(f"bus must be one of {BUSES}, got {self.bus!r}")
         if self.loop not in LOOPS:
             raise ConfigError(f"loop must be one of {LOOPS}, got {self.loop!r}")
-        for name in ("max_message_size", "max_queue", "max_rooms", "backlog"):
+        for name in ("max_message_size", "max_queue", "max_rooms", "backlog", "max_fragments", "frame_budget"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         for name in ("ping_interval", "ping_timeout", "close_timeout", "shutdown_timeout", "stats_timeout",

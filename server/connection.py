@@ -1,66 +1,114 @@
-"""One client connection: websockets' sans-I/O ``ServerProtocol`` driven from a uvloop ``asyncio.Protocol``.
+"""One client connection: an ``asyncio.Protocol`` that reads an HTTP head, then WebSocket frames.
 
-A thin adapter: bytes from the socket go into the protocol state machine, events come out and are handed
-to the worker (handshake, messages) or handled here (fragments, pongs, close); bytes to send are queued in
-the hub, which writes them once per loop tick. No task per connection, no await per message.
+The states, and what the connection does with the bytes it receives in each (nothing is ever parsed
+ahead of a decision: the head is read alone, frames only once the WebSocket is open)::
+
+    HEAD ──(request head complete)──► owner.on_request()
+      │                                  ├── upgrade(): 101 written ─────────► OPEN
+      │                                  └── respond(): HTTP answer written ──► HTTP (input discarded)
+      └── malformed / too large / timeout: 4xx written ───────────────────────► HTTP
+    OPEN ──(close frame received: echoed)──────────────────────────────────────► CLOSED
+      ├───(close(): close frame sent)───► CLOSING ──(the peer's close frame)───► CLOSED
+      └───(protocol error, EOF, abort)──────────────────────────────────────────► CLOSED
+    any state ──(connection_lost)──► gone: owner.on_closed(), always, whatever came before
+
+Input is budgeted: one wake-up handles at most ``limits.frame_budget`` frames of one client; the rest
+waits in the reader with reading paused, and is handled on a later loop iteration, so a burst from one
+client delays the others by one budget at most. Output (the handshake answer, replies, pongs, close
+frames, fan-out) goes through one queue (the hub's :meth:`~server.hub.Hub.push`, written once per loop
+tick), so a reply to a ping leaves in the order of the frames that caused it. Once a connection is
+closing, nothing but its close frame is queued for it, and a transport that cannot drain is aborted
+after ``limits.close_timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from typing import TYPE_CHECKING, Any
-
-from websockets.exceptions import InvalidMessage, RequestLineTooLong, SecurityError
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
-from websockets.protocol import State
-from websockets.server import ServerProtocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import codecs
-from .protocol import Policy, Publish, QueryStats, Reply, Session, Subscribe, Unsubscribe, handle_payload
-from .wsframe import build_frame
+from .errors import HttpError, WsProtocolError
+from .http import response as http_response
+from .http.request import MAX_HEAD, HttpRequest, find_head_end, parse_head
+from .metrics import Metrics
+from .protocol import Policy, Session
+from .ratelimit import RateLimiter
+from .ws import frames as wsf
 
 if TYPE_CHECKING:
     from .auth import Grant
-    from .ratelimit import RateLimiter
-    from .worker import Worker
 
-OP_TEXT = Opcode.TEXT
-OP_BINARY = Opcode.BINARY
-OP_CONT = Opcode.CONT
-OP_PONG = Opcode.PONG
-OP_CLOSE = Opcode.CLOSE
-OPEN = State.OPEN
-CONNECTING = State.CONNECTING
+HEAD: Final = 0
+HTTP: Final = 1
+OPEN: Final = 2
+CLOSING: Final = 3
+CLOSED: Final = 4
 
 _monotonic = time.monotonic
-_time = time.time
+_PONG_HEADER: Final = bytes((0x80 | wsf.OP_PONG,))
 
-ws_logger = logging.getLogger("fanwire.ws")
 
-BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
-               b"Content-Length: 25\r\n\r\nmalformed HTTP request.\r\n")
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What bounds one connection (from the Config)."""
+
+    max_message_size: int = 1 << 20
+    max_fragments: int = 4096
+    frame_budget: int = 256  # frames handled per wake-up before the connection yields
+    close_timeout: float = 2.0
+    handshake_timeout: float = 10.0
+    max_body: int = 0  # request body bytes accepted on plain HTTP requests (the API)
+
+
+class ConnOwner(Protocol):
+    """What a connection needs of its worker: events go up, output goes out through ``push``."""
+
+    loop: asyncio.AbstractEventLoop
+    limits: Limits
+    metrics: Metrics
+    policy: Policy
+
+    def push(self, conn: Conn, data: bytes) -> None: ...
+
+    def on_connected(self, conn: Conn) -> None: ...
+
+    def on_request(self, conn: Conn, request: HttpRequest, body: bytes) -> None: ...
+
+    def on_message(self, conn: Conn, payload: bytes, text: bool) -> None: ...
+
+    def on_over_rate(self, conn: Conn, verdict: int, payload: bytes | None) -> None: ...
+
+    def on_closed(self, conn: Conn) -> None: ...
 
 
 class Conn(Session, asyncio.Protocol):
-    __slots__ = ("app", "bytes_in", "bytes_out", "closing", "eof", "frag", "frag_text", "grant", "is_open",
-                 "last_rx", "msgs_in", "msgs_out", "opened_at", "out", "peer_ip", "ping_at", "policy", "proto",
-                 "raw", "rl", "timer", "transport")
+    """A client connection. It is also the message protocol's :class:`Session` and the hub's ``Sink``."""
 
-    def __init__(self, app: Worker) -> None:
+    __slots__ = ("body_left", "bytes_in", "bytes_out", "close_code_sent", "closing", "eof", "extensions", "grant", "head",
+                 "held", "last_rx", "msgs_in", "msgs_out", "opened_at", "out", "owner", "paused", "peer_ip",
+                 "ping_at", "policy", "raw", "reader", "request", "rl", "stash", "state", "timer", "transport")
+
+    def __init__(self, owner: ConnOwner) -> None:
         Session.__init__(self, "", codecs.JSON)
-        self.app = app
+        self.owner = owner
         self.transport: asyncio.Transport | None = None
-        self.proto = app.new_protocol()
-        self.out: list[bytes] | None = None
-        self.raw = True
-        self.closing: str | None = None
-        self.eof = False
-        self.is_open = False
-        self.frag: list[bytes] | None = None
-        self.frag_text = False
+        self.state = HEAD
+        self.head: bytearray | None = bytearray()
+        self.request: HttpRequest | None = None  # kept only while a plain request's body is read
+        self.body_left = 0
+        self.reader: wsf.Reader | None = None
+        self.out: list[bytes] | None = None  # the hub's write queue for this tick
+        self.raw = True  # no extension: pre-built frames go out as they are
+        self.extensions: list[Any] = []
+        self.closing: str | None = None  # why it is closing (a metric label); None while open
+        self.close_code_sent = 1006  # the close code sent or echoed (1006: none, the TCP connection dropped)
+        self.eof = False  # close the transport after the next write
+        self.paused = False  # reading paused: a budget was used up, or the connection is held
+        self.held = False  # held by back-pressure (the bus is congested): see hold()
+        self.stash: list[wsf.Event] | None = None  # events read but not handled when it was held
+        self.timer: asyncio.TimerHandle | None = None
         self.last_rx = 0.0
         self.ping_at = 0.0
         self.msgs_in = 0
@@ -69,9 +117,8 @@ class Conn(Session, asyncio.Protocol):
         self.bytes_out = 0
         self.opened_at = 0.0
         self.peer_ip = ""
-        self.timer: asyncio.TimerHandle | None = None
         self.grant: Grant | None = None  # what the client's token allows (auth on)
-        self.policy: Policy = app.policy
+        self.policy: Policy = owner.policy
         self.rl: RateLimiter | None = None  # rate limits on
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
@@ -81,52 +128,34 @@ class Conn(Session, asyncio.Protocol):
         self.last_rx = _monotonic()
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        self.app.on_connect(self)
+        owner = self.owner
+        self.timer = owner.loop.call_later(owner.limits.handshake_timeout, self._handshake_expired)
+        owner.on_connected(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = _monotonic()
-        proto = self.proto
-        proto.receive_data(data)
-        events = proto.events_received()
-        if events:
-            try:
-                self.handle_events(events)
-            except Exception:  # a bug must cost one connection, never the worker
-                ws_logger.exception("internal error on connection %s", self.client_id or "(handshake)")
-                self.app.metrics.inc(self.app.metrics.errors, "internal_error")
-                self.fail(1011, "internal server error")
-        self.drain()
-        if proto.parser_exc is not None and self.closing is None:
-            self.closing = "protocol_error"
-            self.arm_abort()
-
-    def handle_events(self, events: list[Any]) -> None:
-        for ev in events:
-            if type(ev) is Frame:
-                op = ev.opcode
-                if op is OP_TEXT or op is OP_BINARY:
-                    if ev.fin:
-                        self.on_message(ev.data, op is OP_TEXT)  # type: ignore[arg-type]  # bytes at run time
-                    else:
-                        self.frag = [ev.data]  # type: ignore[list-item]
-                        self.frag_text = op is OP_TEXT
-                elif op is OP_CONT:
-                    if self.frag is not None:
-                        self.frag.append(ev.data)  # type: ignore[arg-type]
-                        if ev.fin:
-                            whole = b"".join(self.frag)
-                            self.frag = None
-                            self.on_message(whole, self.frag_text)
-                elif op is OP_PONG:
-                    self.ping_at = 0.0
-                elif op is OP_CLOSE and self.closing is None:
-                    self.closing = "closed"
-            elif type(ev) is Request:
-                self.app.on_request(self, ev)
+        state = self.state
+        if state in (OPEN, CLOSING):
+            reader = self.reader
+            assert reader is not None
+            reader.feed(data)
+            if not self.paused:
+                self._pump()
+        elif state == HEAD:
+            self._read_head(data)
+        elif state == HTTP:
+            self._read_body_or_discard(data)
+        # CLOSED: whatever still arrives is discarded
 
     def eof_received(self) -> bool | None:
-        self.proto.receive_eof()
-        self.drain()
+        """The peer will send nothing more. If it did not close the WebSocket properly, stop serving it;
+        the transport closes once our output drains, or is aborted after the close timeout."""
+        if self.state == OPEN:
+            self.closing = self.closing or "eof"
+            self.state = CLOSED
+        elif self.state == HEAD and self.head:
+            self.owner.metrics.inc(self.owner.metrics.refused, "incomplete_request")
+        self.arm_abort()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -134,152 +163,285 @@ class Conn(Session, asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.closing = self.closing or "lost"
+        self.state = CLOSED
         self.out = None
-        self.app.on_disconnect(self)
+        self.reader = None
+        self.head = None
+        self.owner.on_closed(self)
         self.transport = None
 
-    # --- output -------------------------------------------------------------------------------------
+    # --- the HTTP head --------------------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Move the protocol's pending output (handshake, pongs, close frames, EOF) to the write queue."""
-        writes = self.proto.data_to_send()
-        if writes:
-            push = self.app.hub.push
-            for data in writes:
-                if data:
-                    push(self, data)
-                else:
-                    if not self.is_open and isinstance(self.proto.handshake_exc, InvalidMessage):
-                        push(self, BAD_REQUEST)  # websockets just closes; tell the client why
-                        self.app.metrics.inc(self.app.metrics.handshakes_failed, 400)  # type: ignore[arg-type]
-                        self.app.metrics.inc(self.app.metrics.refused, "bad_request")
-                    elif not self.is_open and isinstance(self.proto.handshake_exc, SecurityError):
-                        m = self.app.metrics  # websockets answered 414 or 431 itself
-                        too_long = isinstance(self.proto.handshake_exc, RequestLineTooLong)
-                        m.inc(m.handshakes_failed, 414 if too_long else 431)  # type: ignore[arg-type]
-                        m.inc(m.refused, "too_large")
-                    self.eof = True
-                    if self.out is None:
-                        push(self, b"")
-
-    def send_frame(self, frame: bytes) -> None:
-        self.app.hub.push(self, frame)
-
-    def send_payload(self, payload: bytes) -> None:
-        """Send one encoded message through the protocol (used when extensions are negotiated)."""
-        if self.codec == codecs.JSON:
-            self.proto.send_text(payload)
-        else:
-            self.proto.send_binary(payload)
-        self.drain()
-
-    def reply(self, msg: dict[str, Any]) -> None:
-        """Send one message to this client, encoded with its codec."""
-        if self.closing is not None or not self.is_open:
+    def _read_head(self, data: bytes) -> None:
+        head = self.head
+        assert head is not None
+        head += data
+        end = find_head_end(head)
+        if end < 0:
+            if len(head) > MAX_HEAD:
+                self.http_error(HttpError(431, "request head too large", "too_large"))
             return
+        rest = bytes(head[end:])
+        self.head = None
         try:
-            payload = codecs.encode(self.codec, msg)
-        except Exception:
-            msg = {"type": "error", "code": "bad_message", "detail": "reply not representable in JSON"}
-            payload = codecs.encode(self.codec, msg)
-        if self.raw:
-            self.app.hub.push(self, build_frame(codecs.opcode_for(self.codec), payload))
+            request = parse_head(bytes(head[:end]), self.owner.limits.max_body)
+        except HttpError as exc:
+            self.http_error(exc)
+            return
+        self.state = HTTP  # until upgrade() says otherwise: nothing after the head is parsed before that
+        if request.content_length:
+            self.request = request
+            self.body_left = request.content_length
+            self.head = bytearray()
+            self._read_body_or_discard(rest)
+            return
+        self.owner.on_request(self, request, b"")
+        if self.state == OPEN and rest:
+            self.data_received(rest)
+        elif rest:
+            self._discard(rest)
+
+    def _read_body_or_discard(self, data: bytes) -> None:
+        if self.request is None:
+            self._discard(data)
+            return
+        body = self.head
+        assert body is not None
+        take = data[: self.body_left]
+        body += take
+        self.body_left -= len(take)
+        if self.body_left:
+            return
+        request, self.request, self.head = self.request, None, None
+        self.owner.on_request(self, request, bytes(body))
+        if len(data) > len(take):
+            self._discard(data[len(take):])
+
+    def _discard(self, data: bytes) -> None:
+        """Bytes after an HTTP request: never parsed, never executed; counted once per connection."""
+        if self.closing != "http_discarded" and data.strip(b"\r\n"):
+            m = self.owner.metrics
+            reason = "pipelined" if data[:1].isalpha() else "junk"
+            m.inc(m.http_discarded, reason)
+            if self.closing in (None, "http"):
+                self.closing = "http_discarded"
+
+    def respond(self, status: int, body: bytes = b"", content_type: str = http_response.TEXT,
+                headers: tuple[tuple[str, str], ...] = (), head_only: bool = False) -> None:
+        """Answer a plain HTTP request and close (an answer may come later, e.g. after gathering stats)."""
+        if self.transport is None or self.state not in (HEAD, HTTP):
+            return
+        self.state = HTTP
+        self.closing = self.closing or "http"
+        self.owner.push(self, http_response.response(status, body, content_type, headers, head_only))
+        self._end()
+
+    def http_error(self, exc: HttpError) -> None:
+        """Refuse the request with its status and a one-line reason; counted by reason and status."""
+        m = self.owner.metrics
+        m.inc(m.refused, exc.reason)
+        m.inc(m.handshakes_failed, exc.status)
+        if self.transport is None or self.state not in (HEAD, HTTP):
+            return
+        self.state = HTTP
+        self.head = None
+        self.closing = self.closing or "http"
+        self.owner.push(self, http_response.error(exc.status, exc.detail, exc.headers))
+        self._end()
+
+    def upgrade(self, response: bytes, subprotocol: str | None, extensions: list[Any]) -> None:
+        """The handshake succeeded: write the 101 and start reading frames."""
+        if self.transport is None or self.state != HTTP:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.owner.push(self, response)
+        limits = self.owner.limits
+        inflate = extensions[0] if extensions else None
+        self.reader = wsf.Reader(limits.max_message_size, limits.max_fragments, inflate)
+        self.extensions = extensions
+        self.raw = not extensions
+        self.codec = codecs.codec_for_subprotocol(subprotocol)
+        self.state = OPEN
+        self.opened_at = _monotonic()
+
+    def _handshake_expired(self) -> None:
+        """Slowloris: no complete request in time. 408 if the head never completed, then close."""
+        self.timer = None
+        if self.transport is None or self.state not in (HEAD, HTTP):
+            return
+        if self.state == HEAD:
+            m = self.owner.metrics
+            m.inc(m.refused, "handshake_timeout")
+            m.inc(m.handshakes_failed, 408)
+            self.state = HTTP
+            self.head = None
+            self.closing = "handshake_timeout"
+            self.owner.push(self, http_response.error(408, "handshake timeout"))
+            self._end()
         else:
-            self.send_payload(payload)
-        self.msgs_out += 1
-        self.bytes_out += len(payload)
-        m = self.app.metrics
-        mtype = msg["type"]
-        m.count_out(mtype, 1, len(payload))
-        if mtype == "error":
-            m.inc(m.errors, msg["code"])
+            self.abort()  # answered already (or a body never came) and the client keeps the socket open
 
-    # --- input --------------------------------------------------------------------------------------
+    # --- frames ---------------------------------------------------------------------------------------
 
-    def on_message(self, data: bytes, text: bool) -> None:
-        app = self.app
-        self.msgs_in += 1
-        self.bytes_in += len(data)
-        if self.rl is not None:
-            verdict = self.rl.take(len(data), _monotonic())
-            if verdict:
-                app.over_rate(self, verdict, data)
+    def _pump(self) -> None:
+        """Handle what the reader holds, within this wake-up's budget; yield the loop if more is left."""
+        reader = self.reader
+        if reader is None or self.transport is None:
+            return
+        owner = self.owner
+        if self.stash is not None:
+            events, self.stash = self.stash, None
+        else:
+            before = reader.wire_bytes
+            try:
+                events = reader.read(owner.limits.frame_budget)
+            except WsProtocolError as exc:
+                self.fail(exc.code, exc.reason)
                 return
-        if app.echo:
-            app.echo_message(self, data, text)
-            return
-        if text and self.codec != codecs.JSON and not _valid_utf8(data):
-            self.fail(1007, "invalid UTF-8 in a text frame")
-            return
-        mtype, actions = handle_payload(self, data, int(_time() * 1000), app.max_rooms, self.policy)
-        app.metrics.count_in(mtype, len(data))
-        for action in actions:
-            kind = type(action)
-            if kind is Reply:
-                msg = action.msg  # type: ignore[attr-defined]
-                if text and msg["type"] == "error" and msg["code"] == "bad_encoding" and not _valid_utf8(data):
-                    self.fail(1007, "invalid UTF-8 in a text frame")
-                    return
-                self.reply(msg)
-            elif kind is Publish:
-                app.publish(self, action)  # type: ignore[arg-type]
-            elif kind is Subscribe:
-                app.hub.subscribe(self, action.room)  # type: ignore[attr-defined]
-            elif kind is Unsubscribe:
-                app.hub.unsubscribe(self, action.room)  # type: ignore[attr-defined]
-            elif kind is QueryStats:
-                app.query_stats(self, action)  # type: ignore[arg-type]
-
-    # --- closing ------------------------------------------------------------------------------------
-
-    def close(self, code: int, reason: str, label: str) -> None:
-        """Start the closing handshake (or drop a connection still in its opening handshake)."""
+            if self.rl is not None:
+                payload_bytes = 0
+                for ev in events:
+                    payload_bytes += len(ev[1])
+                overhead = reader.wire_bytes - before - payload_bytes
+                if overhead > 0:
+                    self.rl.debit(overhead)  # frame headers and fragments cost bytes too
+        rl = self.rl
+        for i, (kind, payload) in enumerate(events):
+            if self.state != OPEN:
+                if kind == wsf.CLOSE and self.state == CLOSING:
+                    self._peer_closed(payload)
+                continue
+            if kind == wsf.TEXT or kind == wsf.BINARY:
+                self.msgs_in += 1
+                self.bytes_in += len(payload)
+                if rl is not None:
+                    verdict = rl.take(len(payload), _monotonic())
+                    if verdict:
+                        owner.on_over_rate(self, verdict, payload)
+                        continue
+                owner.on_message(self, payload, kind == wsf.TEXT)
+                if self.held:
+                    self.stash = events[i + 1 :] or None
+                    break
+            elif kind == wsf.PING:
+                if rl is not None:
+                    verdict = rl.take(len(payload) + 6, _monotonic())
+                    if verdict:
+                        owner.on_over_rate(self, verdict, None)
+                        continue
+                owner.push(self, wsf.build_frame(wsf.OP_PONG, payload))
+            elif kind == wsf.PONG:
+                self.ping_at = 0.0
+            else:  # CLOSE
+                self._peer_closed(payload)
         if self.transport is None:
             return
-        if self.proto.state is OPEN:
+        if self.held or (reader.more and self.state in (OPEN, CLOSING)):
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            if not self.held:
+                owner.loop.call_soon(self._resume)
+        elif self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _resume(self) -> None:
+        if self.paused and not self.held and self.transport is not None:
+            self._pump()
+
+    def hold(self) -> None:
+        """Back-pressure: stop handling this client's input after the current message, until release()."""
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if self.transport is not None and self.state in (OPEN, CLOSING):
+                self._pump()
+
+    def _peer_closed(self, payload: bytes) -> None:
+        """The peer's close frame: echo it if we had not sent ours, then close the TCP connection."""
+        if self.state == OPEN:
+            self.closing = self.closing or "closed"
+            self.owner.push(self, wsf.build_frame(wsf.OP_CLOSE, payload[:2]))
+            self.close_code_sent = wsf.close_code_of(payload)
+        self.state = CLOSED
+        self._end()
+
+    # --- output and closing -------------------------------------------------------------------------------
+
+    def send_payload(self, payload: bytes) -> None:
+        """One message to this connection only, through its extensions (permessage-deflate)."""
+        op = wsf.OP_TEXT if self.codec == codecs.JSON else wsf.OP_BINARY
+        self.owner.push(self, wsf.encode_frame(op, payload, self.extensions))
+
+    def send_message(self, payload: bytes, text: bool) -> None:
+        """One encoded message to this connection only (a reply, an echo)."""
+        op = wsf.OP_TEXT if text else wsf.OP_BINARY
+        if self.raw:
+            self.owner.push(self, wsf.build_frame(op, payload))
+        else:
+            self.owner.push(self, wsf.encode_frame(op, payload, self.extensions))
+
+    def send_ping(self) -> None:
+        self.owner.push(self, wsf.build_frame(wsf.OP_PING, b"fanwire"))
+
+    def close(self, code: int, reason: str, label: str) -> None:
+        """Start the closing handshake (an open connection), or drop one still in its handshake."""
+        if self.transport is None:
+            return
+        if self.state == OPEN:
             self.closing = label
-            self.proto.send_close(code, reason)
-            self.drain()
+            self.state = CLOSING
+            self.close_code_sent = code
+            self.owner.push(self, wsf.build_close(code, reason))
             self.arm_abort()
-        elif self.proto.state is CONNECTING:
-            self.closing = label
-            self.transport.close()
+        elif self.state in (HEAD, HTTP):
+            self.closing = self.closing or label
+            self.abort()
 
     def fail(self, code: int, reason: str) -> None:
-        if self.proto.state is OPEN or self.proto.state is CONNECTING:
+        """The peer broke the protocol (or the server failed it): close frame, then close the TCP connection."""
+        if self.state == OPEN or self.state == CLOSING:
+            if self.state == OPEN:
+                self.owner.push(self, wsf.build_close(code, reason))
+                self.close_code_sent = code
             self.closing = "failed"
-            self.proto.fail(code, reason)
-            self.drain()
-            self.arm_abort()
+            self.state = CLOSED
+            self._end()
 
     def overflow(self, queued: int) -> None:
-        """Slow consumer: too much unsent output. Close with 1013 and count it."""
-        m = self.app.metrics
-        m.slow_consumers += 1
-        m.inc(m.dropped, "slow_consumer")
-        self.close(1013, f"slow consumer: {queued} bytes unsent", "slow_consumer")
+        """More than ``max_queue`` bytes unsent. An open connection is closed with 1013 (a slow consumer,
+        counted); one already closing that still cannot drain is aborted."""
+        if self.state == OPEN:
+            m = self.owner.metrics
+            m.slow_consumers += 1
+            m.inc(m.dropped, "slow_consumer")
+            self.close(1013, f"slow consumer: {queued} bytes unsent", "slow_consumer")
+        elif self.state == CLOSED or self.state == HTTP:
+            self.abort()
+
+    def _end(self) -> None:
+        """Close the TCP connection once the queued output is written; abort it if that takes too long."""
+        self.eof = True
+        if self.out is None:
+            self.owner.push(self, b"")
+        self.arm_abort()
 
     def arm_abort(self) -> None:
-        if self.timer is None and self.transport is not None:
-            self.timer = self.app.loop.call_later(self.app.cfg.close_timeout, self.abort)
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.timer = self.owner.loop.call_later(self.owner.limits.close_timeout, self.abort)
 
     def abort(self) -> None:
         self.timer = None
         if self.transport is not None:
+            self.state = CLOSED
             self.transport.abort()
 
     def close_code(self) -> int:
-        proto: ServerProtocol = self.proto
-        if proto.close_sent is not None:
-            return proto.close_sent.code
-        if proto.close_rcvd is not None:
-            return proto.close_rcvd.code
-        return 1006
-
-
-def _valid_utf8(data: bytes) -> bool:
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
+        return self.close_code_sent

@@ -6,6 +6,9 @@
      ├── ConfigError            a bad option or combination of options (exit code 2)
      ├── BootError              a worker cannot start: port in use, bad certificate... (no restart loop)
      ├── AuthError              a handshake token is missing, invalid or expired (HTTP 401); has ``reason``
+     ├── RemoteProtocolError    the *peer* broke HTTP or RFC 6455: the connection ends
+     │    ├── HttpError             a request refused before any WebSocket exists       has ``status``
+     │    └── WsProtocolError       a frame breaking RFC 6455                            has a close ``code``
      ├── ProtocolViolation      the *peer* broke the fanwire message protocol; has an error ``code``
      │    ├── BadEncoding           payload is not valid JSON / msgpack            code "bad_encoding"
      │    ├── BadMessage            not a map, missing or wrongly typed field      code "bad_message"
@@ -16,6 +19,7 @@
           └── BusFrameError         a malformed frame arrived on the bus (dropped and counted)
 
 ``ProtocolViolation`` never closes a connection: the worker turns it into an ``error`` reply.
+``RemoteProtocolError`` always does: an HTTP error status, or a close frame with its code.
 """
 
 from __future__ import annotations
@@ -39,6 +43,32 @@ class AuthError(FanwireError):
     def __init__(self, detail: str, reason: str = "auth_invalid") -> None:
         super().__init__(detail)
         self.detail = detail
+        self.reason = reason
+
+
+class RemoteProtocolError(FanwireError):
+    """The peer broke HTTP/1.1 or RFC 6455; the connection ends."""
+
+
+class HttpError(RemoteProtocolError):
+    """A request refused before any WebSocket exists: ``status`` and a one-line ``detail``; ``reason``
+    labels the metric."""
+
+    def __init__(self, status: int, detail: str, reason: str = "bad_request",
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.reason = reason
+        self.headers = headers
+
+
+class WsProtocolError(RemoteProtocolError):
+    """A frame breaking RFC 6455: close the connection with ``code`` (1002, 1007, 1009)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
         self.reason = reason
 
 

@@ -2,8 +2,12 @@
 
 Fan-out encodes each message once per codec and frames it once, then hands the same bytes to every
 receiving connection. Writes are coalesced per event-loop tick: a connection that receives several
-messages in one tick gets one write. Each connection's unsent output is bounded (``max_queue``); one that
-overflows is closed with 1013 and what it could not take is counted (see :meth:`Hub.flush`).
+messages in one tick gets one write. Each connection's unsent output is bounded (``max_queue``) in every
+state: an open one that overflows is closed with 1013 and what it could not take is counted, one already
+closing is aborted (see :meth:`Hub.flush`).
+
+The hub holds open connections only: :meth:`add` when the WebSocket opens, :meth:`remove` when the
+connection is lost (whatever ended it), and :meth:`subscribe` ignores a connection it does not hold.
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ class Sink(Protocol):
 
     eof: bool  # close the transport after the next write
 
-    def overflow(self, queued: int) -> None: ...
+    def overflow(self, queued: int) -> None:
+        """More than ``max_queue`` bytes are waiting: close (an open connection) or abort (a closing one)."""
 
 
 S = TypeVar("S", bound=Sink)
 
 
 class Hub(Generic[S]):
-    __slots__ = ("conns", "dirty", "loop", "max_queue", "metrics", "on_room", "rooms", "scheduled")
+    """A worker's open connections and rooms; fans messages out and writes each connection once per tick."""
+
+    __slots__ = ("conns", "dirty", "loop", "max_queue", "metrics", "on_members", "rooms", "scheduled")
 
     def __init__(self, metrics: Metrics, max_queue: int) -> None:
         self.metrics = metrics
@@ -51,9 +58,8 @@ class Hub(Generic[S]):
         self.dirty: list[S] = []
         self.scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        # called with (room, True) when a room gains its first member here, (room, False) when it loses
-        # its last: the bus's interest hook (see Bus.interest); None when the bus does not route by room
-        self.on_room: Callable[[str, bool], None] | None = None
+        # called with (room, local member count) on every join and leave: the bus's hook (Bus.room_members)
+        self.on_members: Callable[[str, int], None] | None = None
 
     # --- membership ---------------------------------------------------------------------------------
 
@@ -68,25 +74,26 @@ class Hub(Generic[S]):
             self.unsubscribe(conn, room)
 
     def subscribe(self, conn: S, room: str) -> None:
+        if conn not in self.conns:
+            return  # not open (or gone): never a member of anything
         members = self.rooms.get(room)
         if members is None:
-            self.rooms[room] = {conn}
-            if self.on_room is not None:
-                self.on_room(room, True)
+            members = self.rooms[room] = {conn}
+        elif conn in members:
+            return
         else:
             members.add(conn)
+        if self.on_members is not None:
+            self.on_members(room, len(members))
 
     def unsubscribe(self, conn: S, room: str) -> None:
         members = self.rooms.get(room)
-        if members is not None:
+        if members is not None and conn in members:
             members.discard(conn)
             if not members:
                 del self.rooms[room]
-                if self.on_room is not None:
-                    self.on_room(room, False)
-
-    def room_counts(self) -> dict[str, int]:
-        return {room: len(members) for room, members in self.rooms.items()}
+            if self.on_members is not None:
+                self.on_members(room, len(members))
 
     # --- output -------------------------------------------------------------------------------------
 
@@ -120,10 +127,9 @@ class Hub(Generic[S]):
                 t.writelines(out)
             if conn.eof:
                 t.close()
-            elif conn.closing is None:
-                queued = t.get_write_buffer_size()
-                if queued > limit:
-                    conn.overflow(queued)
+            queued = t.get_write_buffer_size()
+            if queued > limit:
+                conn.overflow(queued)
 
     def deliver(self, room: str | None, payload: bytes, mtype: str) -> int:
         """Fan a JSON-encoded message out to this worker's receivers. Returns the number of deliveries."""

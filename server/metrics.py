@@ -7,7 +7,7 @@ or ``""``), so snapshots travel over the bus as plain maps and merge by addition
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
 
 Snapshot = dict[str, dict[str, float]]
 
@@ -17,6 +17,8 @@ HELP: Final[dict[str, str]] = {
     "fanwire_connections_closed_total": "WebSocket connections closed, by close code sent or received.",
     "fanwire_handshakes_failed_total": "Handshakes refused or failed, by HTTP status.",
     "fanwire_http_requests_total": "Plain HTTP requests, by path.",
+    "fanwire_publishers_held_total": "Times a publishing client was paused because the bus was congested (back-pressure), by bus.",
+    "fanwire_http_discarded_total": "Connections whose bytes after an HTTP request were discarded unread, by reason.",
     "fanwire_messages_in_total": "Messages received from clients, by type.",
     "fanwire_bytes_in_total": "Payload bytes received from clients, by type.",
     "fanwire_messages_out_total": "Messages written to clients, by type.",
@@ -54,7 +56,7 @@ class Metrics:
 
     __slots__ = ("bus_bytes_in", "bus_bytes_out", "bus_dropped", "bus_frames_in", "bus_frames_out",
                  "bytes_in", "bytes_out", "closed", "dropped", "errors", "handshakes_failed",
-                 "heartbeat_timeouts", "http_requests", "messages_in", "messages_out", "opened",
+                 "heartbeat_timeouts", "held", "http_discarded", "http_requests", "messages_in", "messages_out", "opened",
                  "policy_closes", "publishes", "rate_limited", "redis_messages_in", "redis_messages_out",
                  "redis_reconnects", "refused", "slow_consumers")
 
@@ -63,6 +65,8 @@ class Metrics:
         self.closed: dict[int, int] = {}
         self.handshakes_failed: dict[int, int] = {}
         self.http_requests: dict[str, int] = {}
+        self.http_discarded: dict[str, int] = {}
+        self.held: dict[str, int] = {}
         self.messages_in: dict[str, int] = {}
         self.bytes_in: dict[str, int] = {}
         self.messages_out: dict[str, int] = {}
@@ -85,7 +89,7 @@ class Metrics:
         self.policy_closes: dict[str, int] = {}
 
     @staticmethod
-    def inc(counter: dict[str, int], key: str, n: int = 1) -> None:
+    def inc(counter: dict[Any, int], key: Any, n: int = 1) -> None:
         counter[key] = counter.get(key, 0) + n
 
     def count_in(self, mtype: str, nbytes: int) -> None:
@@ -109,6 +113,8 @@ class Metrics:
             "fanwire_connections_closed_total": _labelled("code", self.closed),
             "fanwire_handshakes_failed_total": _labelled("status", self.handshakes_failed),
             "fanwire_http_requests_total": _labelled("path", self.http_requests),
+            "fanwire_http_discarded_total": _labelled("reason", self.http_discarded),
+            "fanwire_publishers_held_total": _labelled("bus", self.held),
             "fanwire_messages_in_total": _labelled("type", self.messages_in),
             "fanwire_bytes_in_total": _labelled("type", self.bytes_in),
             "fanwire_messages_out_total": _labelled("type", self.messages_out),

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from .bus import Bus, BusHandler, Publication
 from .config import Config
 from .metrics import Metrics
+from .stats import StatsQuery
 
 
 class NodeBus(Bus):
@@ -35,13 +37,14 @@ class NodeBus(Bus):
         self.local.publish(pub)
         self.remote.publish(pub)
 
-    def interest(self, room: str, present: bool) -> None:
-        self.local.interest(room, present)
-        self.remote.interest(room, present)
+    def room_members(self, room: str, count: int) -> None:
+        self.local.room_members(room, count)
+        self.remote.room_members(room, count)
 
-    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
+    async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
         """This node's other workers (fresh, over the pipes) and the other nodes' workers (from Redis)."""
-        local, remote = await asyncio.gather(self.local.gather_stats(timeout), self.remote.gather_stats(timeout))
+        local, remote = await asyncio.gather(self.local.gather_stats(timeout, query),
+                                             self.remote.gather_stats(timeout, query))
         return local + remote
 
     async def close(self) -> None:
@@ -51,8 +54,22 @@ class NodeBus(Bus):
         finally:
             await self.local.close()
 
+    def congested(self) -> bool:
+        return self.local.congested() or self.remote.congested()
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        if self.local.congested():
+            self.local.on_drained(lambda: self.on_drained(callback))
+        elif self.remote.congested():
+            self.remote.on_drained(lambda: self.on_drained(callback))
+        else:
+            callback()
+
     def healthy(self) -> bool:
         return self.local.healthy() and self.remote.healthy()
+
+    def stats_complete(self) -> bool:
+        return self.local.stats_complete() and self.remote.stats_complete()
 
     def peer_count(self) -> int:
         return self.local.peer_count() + self.remote.peer_count()

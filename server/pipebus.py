@@ -4,10 +4,16 @@ The supervisor creates one socketpair per pair of *endpoints* before forking (on
 are workers, so a rolling restart can run old and new worker side by side) and keeps both ends open, so a
 worker that dies leaves its endpoint in place for its replacement. Each worker keeps its own ends.
 
-Writes are batched per event-loop tick and never block: a peer that cannot take more gets a bounded queue,
-and what overflows is dropped and counted. Peers announce themselves with HELLO, prove they are alive
-with HEARTBEATs and leave with BYE; only live peers are sent publications. Records older than this
-worker's boot (left in the socket by a predecessor) are dropped as stale.
+Writes are batched per event-loop tick and never block. A peer that cannot take more gets a queue, and the
+bus pushes back instead of dropping: above ``high_water`` bytes waiting (queued or still pending this tick)
+:meth:`PipeBus.congested` is true, and the worker stops reading from the clients that publish until
+:meth:`PipeBus.on_drained` calls them back (below ``low_water``), in the order they were held. Only past
+``max_queue`` is anything dropped, and then it is counted (``queue_full``).
+
+Peers announce themselves with HELLO and leave with BYE, sent by the peer itself when it stops, or on its
+behalf by the supervisor when it dies; a peer that is only busy (silent past ``peer_timeout_s``) is
+logged but never taken for gone. Records older than this worker's boot (left in the socket by a
+predecessor) are ignored; a publication among them is counted as ``stale``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -27,6 +34,7 @@ from . import busframe as bf
 from .bus import Bus, BusHandler, Publication
 from .errors import BusFrameError
 from .metrics import Metrics
+from .stats import StatsQuery
 
 log = logging.getLogger("fanwire.bus")
 
@@ -56,13 +64,14 @@ def make_mesh(endpoints: int) -> dict[int, dict[int, socket.socket]]:
 
 
 class _Peer:
-    __slots__ = ("alive", "endpoint", "last_seen", "pending", "pid", "queue", "queued", "reasm", "sock",
-                 "worker", "writing")
+    __slots__ = ("alive", "endpoint", "last_seen", "pending", "pid", "queue", "queued", "reasm", "silent",
+                 "sock", "worker", "writing")
 
     def __init__(self, endpoint: int, sock: socket.socket, max_batch: int) -> None:
         self.endpoint = endpoint
         self.sock = sock
         self.alive = False
+        self.silent = False
         self.last_seen = 0.0
         self.worker = -1
         self.pid = 0
@@ -77,12 +86,18 @@ class PipeBus(Bus):
     name = "pipe"
 
     def __init__(self, endpoint: int, worker_id: int, socks: dict[int, socket.socket], metrics: Metrics, *,
-                 max_queue: int = 16 << 20, max_batch: int = 64 << 20, heartbeat_s: float = 0.5,
-                 peer_timeout_s: float = 2.0, boot_ts_ms: int | None = None) -> None:
+                 max_queue: int = 64 << 20, max_batch: int = 64 << 20, heartbeat_s: float = 0.5,
+                 peer_timeout_s: float = 5.0, boot_ts_ms: int | None = None, high_water: int = 4 << 20,
+                 low_water: int = 1 << 20) -> None:
         self.endpoint = endpoint
         self.worker_id = worker_id
         self.metrics = metrics
         self.max_queue = max_queue
+        self.high_water = high_water
+        self.low_water = low_water
+        self._pending_bytes = 0  # records enqueued this tick, not yet flushed
+        self._backlog = 0  # bytes queued for all peers (the socket would not take them yet)
+        self._drained: list[Callable[[], None]] = []
         self.heartbeat_s = heartbeat_s
         self.peer_timeout_s = peer_timeout_s
         self.boot_ts_ms = int(time.time() * 1000) if boot_ts_ms is None else boot_ts_ms
@@ -133,10 +148,6 @@ class PipeBus(Bus):
     def peer_count(self) -> int:
         return sum(1 for p in self.peers.values() if p.alive)
 
-    def live_peers(self) -> list[tuple[int, int]]:
-        """(worker id, pid) of every live peer."""
-        return [(p.worker, p.pid) for p in self.peers.values() if p.alive]
-
     # --- sending ------------------------------------------------------------------------------------
 
     def publish(self, pub: Publication) -> None:
@@ -149,7 +160,24 @@ class PipeBus(Bus):
             if peer.alive:
                 self._enqueue(peer, rec)
 
+    def congested(self) -> bool:
+        return self._pending_bytes + self._backlog > self.high_water
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once, from the loop) when the bus is no longer congested."""
+        self._drained.append(callback)
+        if not self.congested():
+            self._release()
+
+    def _release(self) -> None:
+        if self._loop is None:
+            return
+        waiting, self._drained = self._drained, []
+        for cb in waiting:
+            self._loop.call_soon(cb)
+
     def _enqueue(self, peer: _Peer, rec: bytes) -> None:
+        self._pending_bytes += len(rec)
         peer.pending.append(rec)
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
@@ -157,10 +185,13 @@ class PipeBus(Bus):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._pending_bytes = 0
         for peer in self.peers.values():
             if peer.pending:
                 records, peer.pending = peer.pending, []
                 self._send_records(peer, records)
+        if self._drained and self._backlog < self.low_water:
+            self._release()
 
     def _send_records(self, peer: _Peer, records: list[bytes]) -> None:
         m = self.metrics
@@ -174,17 +205,19 @@ class PipeBus(Bus):
             if peer.queue:
                 peer.queue.append(pkt)
                 peer.queued += len(pkt)
+                self._backlog += len(pkt)
                 continue
             try:
                 peer.sock.send(pkt)
             except (BlockingIOError, InterruptedError):
                 peer.queue.append(pkt)
                 peer.queued += len(pkt)
+                self._backlog += len(pkt)
                 self._want_write(peer)
             except OSError as exc:
                 m.inc(m.bus_dropped, "send_error", len(records))
                 log.warning("bus: cannot send to endpoint %d: %s", peer.endpoint, exc)
-                peer.alive = False
+                self._forget(peer)
                 return
 
     def _want_write(self, peer: _Peer) -> None:
@@ -199,17 +232,32 @@ class PipeBus(Bus):
             try:
                 peer.sock.send(pkt)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 self.metrics.inc(self.metrics.bus_dropped, "send_error", 1)
-                q.clear()
-                peer.queued = 0
+                self._forget(peer)
                 break
             q.popleft()
             peer.queued -= len(pkt)
-        peer.writing = False
-        if self._loop is not None:
+            self._backlog -= len(pkt)
+        if not q:
+            peer.writing = False
+            if self._loop is not None:
+                self._loop.remove_writer(peer.sock.fileno())
+        if self._drained and self._backlog < self.low_water and not self._pending_bytes:
+            self._release()
+
+    def _forget(self, peer: _Peer) -> None:
+        """The peer is gone: what was queued for it has nobody to reach."""
+        peer.alive = False
+        self._backlog -= peer.queued
+        peer.queue.clear()
+        peer.queued = 0
+        if peer.writing and self._loop is not None:
+            peer.writing = False
             self._loop.remove_writer(peer.sock.fileno())
+        if self._drained and self._backlog < self.low_water:
+            self._release()
 
     # --- receiving ----------------------------------------------------------------------------------
 
@@ -256,9 +304,13 @@ class PipeBus(Bus):
         m.bus_frames_in += 1
         m.bus_bytes_in += len(rec)
         if ts < self.boot_ts_ms:
-            m.inc(m.bus_dropped, "stale")
+            # left in the socket by a predecessor (or a liveness record that raced our boot: the peer
+            # answers our own HELLO anyway); only a lost message counts as a drop
+            if kind == bf.PUBLISH:
+                m.inc(m.bus_dropped, "stale")
             return
         peer.last_seen = time.monotonic()
+        peer.silent = False
         handler = self._handler
         try:
             if kind == bf.PUBLISH:
@@ -277,10 +329,11 @@ class PipeBus(Bus):
                 peer.worker, peer.pid = bf.parse_hello(body)
                 peer.alive = True
             elif kind == bf.BYE:
-                peer.alive = False
+                self._forget(peer)
             elif kind == bf.STATS_REQ:
-                req_id, _ = bf.parse_u32(body)
-                snap = handler.stats_snapshot() if handler is not None else {}
+                req_id, rest = bf.parse_u32(body)
+                query = StatsQuery.from_wire(msgpack.unpackb(rest, raw=False)) if rest else None
+                snap = handler.stats_snapshot(query) if handler is not None else {}
                 self._enqueue(peer, bf.record(bf.STATS_REP, self.endpoint, self._now_ms(),
                                               bf.u32_body(req_id, msgpack.packb(snap, use_bin_type=True))))
             elif kind == bf.STATS_REP:
@@ -307,17 +360,16 @@ class PipeBus(Bus):
         rec = bf.record(bf.HEARTBEAT, self.endpoint, self._now_ms())
         for peer in self.peers.values():
             if peer.alive:
-                if now - peer.last_seen > self.peer_timeout_s:
-                    log.warning("bus: worker %d (endpoint %d) silent for %.1fs, considered gone",
-                                peer.worker, peer.endpoint, now - peer.last_seen)
-                    peer.alive = False
-                else:
-                    self._enqueue(peer, rec)
+                if now - peer.last_seen > self.peer_timeout_s and not peer.silent:
+                    peer.silent = True  # busy, or dead: only its BYE (or the supervisor's) says it is gone
+                    log.warning("bus: worker %d (endpoint %d) silent for %.1fs", peer.worker, peer.endpoint,
+                                now - peer.last_seen)
+                self._enqueue(peer, rec)
         self._timer = self._loop.call_later(self.heartbeat_s, self._tick)
 
     # --- stats --------------------------------------------------------------------------------------
 
-    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
+    async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
         live = [p for p in self.peers.values() if p.alive]
         if not live or self._loop is None:
             return []
@@ -325,7 +377,8 @@ class PipeBus(Bus):
         fut: asyncio.Future[None] = self._loop.create_future()
         results: list[dict[str, Any]] = []
         self._stats_waits[req_id] = (fut, results, len(live))
-        rec = bf.record(bf.STATS_REQ, self.endpoint, self._now_ms(), bf.u32_body(req_id))
+        wire = msgpack.packb(query.to_wire(), use_bin_type=True) if query is not None else b""
+        rec = bf.record(bf.STATS_REQ, self.endpoint, self._now_ms(), bf.u32_body(req_id, wire))
         for peer in live:
             self._enqueue(peer, rec)
         try:

@@ -16,6 +16,7 @@ See docs/protocol.md for the wire format.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from . import codecs
@@ -44,57 +45,46 @@ class Session:
         return self.rooms[-1] if self.rooms else None
 
 
-class Action:
-    __slots__ = ()
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``msg`` to the sender only."""
+
+    msg: dict[str, Any]
 
 
-class Reply(Action):
-    __slots__ = ("msg",)
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Fan ``msg`` out to ``room`` (None: everyone) on every worker and node. ``payload`` is ``msg`` encoded
+    as JSON (the bus's canonical form), already checked to be encodable."""
 
-    def __init__(self, msg: dict[str, Any]) -> None:
-        self.msg = msg
-
-    def __repr__(self) -> str:
-        return f"Reply({self.msg!r})"
-
-
-class Publish(Action):
-    __slots__ = ("msg", "room")
-
-    def __init__(self, room: str | None, msg: dict[str, Any]) -> None:
-        self.room = room
-        self.msg = msg
-
-    def __repr__(self) -> str:
-        return f"Publish({self.room!r}, {self.msg!r})"
+    room: str | None
+    msg: dict[str, Any]
+    payload: bytes
 
 
-class Subscribe(Action):
-    __slots__ = ("room",)
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """The session joined ``room`` (its ``rooms`` list is updated already): mirror it in the hub."""
 
-    def __init__(self, room: str) -> None:
-        self.room = room
-
-    def __repr__(self) -> str:
-        return f"Subscribe({self.room!r})"
+    room: str
 
 
-class Unsubscribe(Subscribe):
-    __slots__ = ()
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """The session left ``room``: mirror it in the hub."""
 
-    def __repr__(self) -> str:
-        return f"Unsubscribe({self.room!r})"
+    room: str
 
 
-class QueryStats(Action):
-    __slots__ = ("data", "id")
+@dataclass(frozen=True, slots=True)
+class QueryStats:
+    """Gather stats from every worker, then reply (with ``id`` and ``data`` echoed)."""
 
-    def __init__(self, id: Any, data: Any) -> None:
-        self.id = id
-        self.data = data
+    id: Any
+    data: Any
 
-    def __repr__(self) -> str:
-        return f"QueryStats({self.id!r}, {self.data!r})"
+
+Action = Reply | Publish | Subscribe | Unsubscribe | QueryStats
 
 
 class Policy:
@@ -179,7 +169,7 @@ Handler = Callable[[Session, dict[str, Any], int, int, Policy], list[Action]]
 def _ping(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, policy: Policy) -> list[Action]:
     reply: dict[str, Any] = {"type": "pong", "server_ts": now_ms}
     if "ts" in msg:
-        reply["ts"] = msg["ts"]
+        reply["ts"] = _carried(msg["ts"], "ts")
     if "id" in msg:
         reply["id"] = msg["id"]
     return [Reply(reply)]
@@ -197,7 +187,7 @@ def _chat(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, po
         raise ProtocolViolation(f"not allowed to publish to room {room!r}", "forbidden")
     out = {"type": "chat", "from": session.client_id, "user": session.user, "room": room, "text": text,
            "ts": now_ms}
-    return [Publish(room, out)]
+    return [Publish(room, out, codecs.encode_json(out))]
 
 
 def _broadcast(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int,
@@ -214,7 +204,7 @@ def _broadcast(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: in
         raise ProtocolViolation("not allowed to broadcast", "forbidden")
     out["user"] = session.user
     out["ts"] = now_ms
-    return [Publish(None, out)]
+    return [Publish(None, out, codecs.encode_json(out))]
 
 
 def _join(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, policy: Policy) -> list[Action]:
@@ -249,8 +239,21 @@ def _custom(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int,
             policy: Policy) -> list[Action]:
     action = _str_field(msg, "action")
     if action == "get_stats":
-        return [QueryStats(msg.get("id"), msg.get("data"))]
-    raise UnknownAction(f"unknown action {action!r}; known: get_stats")
+        data = msg.get("data")
+        return [QueryStats(msg.get("id"), None if data is None else _carried(data, "data"))]
+    assert action is not None
+    raise UnknownAction(f"unknown action {action[:64]!r}; known: get_stats")
+
+
+_PLAIN: Final = (int, float, str, bool)
+
+
+def _carried(value: Any, name: str) -> Any:
+    """A client value the server carries opaquely (``ts``, ``data``): it must be representable in JSON, since
+    JSON clients may receive it (msgpack ``bin``, extension types and timestamps are refused)."""
+    if type(value) not in _PLAIN:
+        codecs.encode_json(value)  # raises BadMessage
+    return value
 
 
 def _with_id(reply: dict[str, Any], msg: dict[str, Any]) -> dict[str, Any]:

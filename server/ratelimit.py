@@ -65,6 +65,12 @@ class RateLimiter:
             self.tokens -= 1.0
         return OK
 
+    def debit(self, nbytes: int) -> None:
+        """Charge bytes that are not a message (frame headers, fragments): the byte bucket may go into
+        debt, so the next messages wait for it."""
+        if self.brate:
+            self.btokens -= nbytes
+
     def _refuse(self, limit: str, now: float) -> int:
         self.limit = limit
         if self.refused == 0 or now - self.last_refusal > self.grace:

@@ -13,7 +13,7 @@ fit, and everything offered while Redis is unreachable, is dropped and counted (
 with reason ``redis_queue_full`` / ``redis_down``): a node never buffers an outage.
 
 Receiving: the subscriber listens to the broadcast channel, to the rooms in ``always`` (the default room), and
-to the channel of every room that has members on this worker (:meth:`interest`, driven by the hub), so a
+to the channel of every room that has members on this worker (:meth:`room_members`, driven by the hub), so a
 worker only receives what it delivers. Interest changes are sent by a task of their own, woken before the
 hub writes the ``joined`` reply of the same tick.
 Malformed, oversized or non-JSON payloads are dropped and counted (``redis_bad_frame``,
@@ -33,16 +33,19 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
 import msgpack
 import orjson
+from redis.exceptions import RedisError
 
 from . import redisframe as rf
 from .bus import Bus, BusHandler, Publication
 from .errors import BusFrameError, ConfigError
 from .metrics import Metrics
+from .stats import MAX_LISTED_ROOMS, StatsQuery
 
 log = logging.getLogger("fanwire.bus.redis")
 
@@ -50,6 +53,8 @@ URL_SCHEMES = ("redis", "rediss", "unix")
 _YIELD_EVERY = 64  # received messages between yields to the event loop, for fairness with clients
 _MAX_BATCH_CMDS = 512  # envelopes per pipeline
 _MAX_HEADER_CACHE = 4096
+HIGH_WATER = 4 << 20  # bytes waiting for Redis above which publishers are held (back-pressure)
+LOW_WATER = 1 << 20
 
 
 def check_url(url: str) -> None:
@@ -101,8 +106,11 @@ class RedisBus(Bus):
         self._always = frozenset(always)
         self._rooms: set[str] = set(always)  # rooms with local members: the channels we want
         self._sub_changes: dict[str, bool] = {}  # room -> subscribe (True) / unsubscribe, not yet sent
+        self._counts: dict[str, int] = {}  # members per room on this worker
+        self._count_changes: dict[str, int] = {}  # not yet written to Redis
         self._pending: list[list[Any]] = []  # [channel, header, [records], size] in publish order
         self._queued = 0  # bytes of publications pending (not yet handed to a pipeline)
+        self._drained: list[Callable[[], None]] = []  # held publishers, called back below low_water
         self._members: list[bytes] = []  # presence members of the *other* nodes, from the last refresh
         self._wake: asyncio.Event | None = None  # publications pending
         self._sub_wake: asyncio.Event | None = None  # subscription changes pending
@@ -115,6 +123,7 @@ class RedisBus(Bus):
         self._inflight = False  # a publish pipeline is on its way
         self._refreshing = False  # a presence refresh is on its way
         self._stats_slots: asyncio.Semaphore | None = None  # bounds concurrent MGETs (pool connections)
+        self._stats_ok = True  # the last reading of the other nodes' stats succeeded
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -152,11 +161,15 @@ class RedisBus(Bus):
         """Leave the presence set at once (peers need not wait for the TTL)."""
         pipe = client.pipeline(transaction=False)
         pipe.delete(rf.stats_key(self.prefix, self._member))
+        pipe.delete(rf.rooms_key(self.prefix, self._member))
         pipe.zrem(rf.members_key(self.prefix), self._member)
         await pipe.execute()
 
     def healthy(self) -> bool:
         return self._up
+
+    def stats_complete(self) -> bool:
+        return self._up and self._stats_ok
 
     def peer_count(self) -> int:
         return len(self._members)
@@ -215,6 +228,8 @@ class RedisBus(Bus):
         self._sub_changes.clear()
         channels = [self._bchannel] + [self._channel_of(r)[0] for r in self._rooms]
         await asyncio.wait_for(self._subscribe_confirmed(pubsub, channels), self.command_timeout)
+        self._count_changes.clear()
+        await self._write_counts(client, dict(self._counts), replace=True)
         await self._refresh(client)
         self._up = self._was_up = True
         if self._outage_logged:
@@ -378,6 +393,22 @@ class RedisBus(Bus):
         self._queued = 0
         if n:
             self.metrics.inc(self.metrics.bus_dropped, reason, n)
+        self._release()
+
+    def congested(self) -> bool:
+        return self._queued > HIGH_WATER
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        self._drained.append(callback)
+        if not self.congested():
+            self._release()
+
+    def _release(self) -> None:
+        if self._drained and self._queued < LOW_WATER:
+            waiting, self._drained = self._drained, []
+            loop = asyncio.get_running_loop()
+            for cb in waiting:
+                loop.call_soon(cb)
 
     async def _writer(self, client: Any) -> None:
         wake = self._wake
@@ -399,6 +430,7 @@ class RedisBus(Bus):
                 finally:
                     self._inflight = False
                 m.redis_messages_out += n
+                self._release()
 
     async def _subscriptions(self, pubsub: Any) -> None:
         """Applies interest changes. A task of its own, woken directly by :meth:`interest`: it runs before
@@ -409,29 +441,52 @@ class RedisBus(Bus):
         while True:
             await wake.wait()
             wake.clear()
-            if not self._sub_changes:
-                continue
-            changes, self._sub_changes = self._sub_changes, {}
-            add = [self._channel_of(r)[0] for r, on in changes.items() if on]
-            remove = [self._channel_of(r)[0] for r, on in changes.items() if not on]
-            async with asyncio.timeout(self.command_timeout):
-                if add:
-                    await pubsub.subscribe(*add)
-                if remove:
-                    await pubsub.unsubscribe(*remove)
+            if self._sub_changes:
+                changes, self._sub_changes = self._sub_changes, {}
+                add = [self._channel_of(r)[0] for r, on in changes.items() if on]
+                remove = [self._channel_of(r)[0] for r, on in changes.items() if not on]
+                async with asyncio.timeout(self.command_timeout):
+                    if add:
+                        await pubsub.subscribe(*add)
+                    if remove:
+                        await pubsub.unsubscribe(*remove)
+            if self._count_changes and self._client is not None:
+                counts, self._count_changes = self._count_changes, {}
+                await self._write_counts(self._client, counts, replace=False)
 
-    # --- interest -----------------------------------------------------------------------------------
+    async def _write_counts(self, client: Any, counts: dict[str, int], replace: bool) -> None:
+        """This worker's members per room, in its hash (read by the other nodes' stats)."""
+        key = rf.rooms_key(self.prefix, self._member)
+        pipe = client.pipeline(transaction=False)
+        if replace:
+            pipe.delete(key)
+        gone = [r for r, n in counts.items() if not n]
+        live = {r: n for r, n in counts.items() if n}
+        if gone and not replace:
+            pipe.hdel(key, *gone)
+        if live:
+            pipe.hset(key, mapping=live)
+        pipe.pexpire(key, self.ttl_ms)
+        async with asyncio.timeout(self.command_timeout):
+            await pipe.execute()
 
-    def interest(self, room: str, present: bool) -> None:
-        if room in self._always:
-            return
-        if present:
-            self._rooms.add(room)
+    # --- interest and room counts ---------------------------------------------------------------------
+
+    def room_members(self, room: str, count: int) -> None:
+        # recorded even while down or connecting: a session subscribes to ``_rooms`` and writes ``_counts``
+        # as they are when it starts and clears the changes at that moment, so none is ever lost
+        if count:
+            self._counts[room] = count
         else:
-            self._rooms.discard(room)
-        # recorded even while down or connecting: a session subscribes to ``_rooms`` as they are when it
-        # starts and clears this at that moment, so a change made later is never lost
-        self._sub_changes[room] = present
+            self._counts.pop(room, None)
+        self._count_changes[room] = count
+        present = count > 0
+        if room not in self._always and (room in self._rooms) != present:
+            if present:
+                self._rooms.add(room)
+            else:
+                self._rooms.discard(room)
+            self._sub_changes[room] = present
         wake = self._sub_wake
         if wake is not None and not wake.is_set():
             wake.set()
@@ -450,6 +505,7 @@ class RedisBus(Bus):
         handler = self._handler
         snap = dict(handler.stats_snapshot()) if handler is not None else {}
         snap.pop("metrics", None)  # each node's /metrics is its own; the cluster needs figures only
+        snap.pop("room_counts", None)
         snap.setdefault("node", self.node)
         snap["bus_up"] = True
         data = msgpack.packb(snap, use_bin_type=True)
@@ -457,6 +513,7 @@ class RedisBus(Bus):
         mkey = rf.members_key(self.prefix)
         pipe = client.pipeline(transaction=False)
         pipe.set(rf.stats_key(self.prefix, self._member), data, px=self.ttl_ms)
+        pipe.pexpire(rf.rooms_key(self.prefix, self._member), self.ttl_ms)
         pipe.zadd(mkey, {self._member: now + self.ttl_ms})
         pipe.zremrangebyscore(mkey, "-inf", now)
         pipe.zrangebyscore(mkey, now, "+inf")
@@ -468,33 +525,65 @@ class RedisBus(Bus):
         finally:
             self._refreshing = False
         own = self._node_b
-        self._members = [mb for mb in res[3] if rf.member_node(mb) != own]
+        self._members = [mb for mb in res[4] if rf.member_node(mb) != own]
 
-    async def gather_stats(self, timeout: float) -> list[dict[str, Any]]:
+    async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
         """Snapshots of the workers of the *other* nodes (this node's own come through the pipe bus)."""
         client = self._client
         if not self._up or client is None or not self._members:
             return []
-        keys = [rf.stats_key(self.prefix, mb) for mb in self._members]
+        members = list(self._members)
+        keys = [rf.stats_key(self.prefix, mb) for mb in members]
         slots = self._stats_slots
         assert slots is not None
+        rooms = sorted(query.rooms) if query is not None and not query.all_rooms else []
         try:
             async with asyncio.timeout(timeout), slots:  # a burst of get_stats cannot drain the pool
-                values = await client.mget(keys)
-        except Exception:
+                pipe = client.pipeline(transaction=False)
+                pipe.mget(keys)
+                for mb in members:
+                    if query is not None and query.all_rooms:
+                        pipe.hgetall(rf.rooms_key(self.prefix, mb))
+                    elif rooms:
+                        pipe.hmget(rf.rooms_key(self.prefix, mb), rooms)
+                res = await pipe.execute()
+        except (TimeoutError, OSError, RedisError) as exc:
+            self._stats_ok = False
+            log.warning("redis bus: reading the other nodes' stats failed: %s", exc)
             return []
+        self._stats_ok = True
+        values = res[0]
+        counts = res[1:]
         out: list[dict[str, Any]] = []
-        for v in values:
+        for i, v in enumerate(values):
             if not v:
                 continue  # expired or removed since the last refresh
             try:
                 snap = msgpack.unpackb(v, raw=False, strict_map_key=False)
-            except Exception:
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
                 self.metrics.inc(self.metrics.bus_dropped, "redis_bad_frame")
                 continue
-            if isinstance(snap, dict):
-                out.append(snap)
+            if not isinstance(snap, dict):
+                continue
+            if counts:
+                snap["room_counts"] = _room_counts(counts[i], rooms)
+            out.append(snap)
         return out
+
+
+def _room_counts(reply: Any, rooms: list[str]) -> dict[str, int]:
+    """HGETALL (a dict) or HMGET (a list in ``rooms`` order) of a worker's room counts, as a dict."""
+    items = reply.items() if isinstance(reply, dict) else zip(rooms, reply)
+    out: dict[str, int] = {}
+    for room, n in items:
+        try:
+            name = room.decode() if isinstance(room, bytes) else room
+            out[name] = int(n)
+        except (TypeError, ValueError):
+            continue  # absent (None) or not a number
+        if len(out) >= MAX_LISTED_ROOMS:
+            break
+    return out
 
 
 def _valid_payload(payload: bytes, expected: str) -> bool:

@@ -128,6 +128,11 @@ def stats_key(prefix: bytes, m: bytes) -> bytes:
     return prefix + b"stats:" + m
 
 
+def rooms_key(prefix: bytes, m: bytes) -> bytes:
+    """The hash of one worker's members per room (``room -> count``), with the worker's TTL."""
+    return prefix + b"rooms:" + m
+
+
 def members_key(prefix: bytes) -> bytes:
     return prefix + b"nodes"
 

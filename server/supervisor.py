@@ -17,6 +17,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -24,11 +25,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 
+from . import busframe
 from .cluster import default_node_id
 from .config import Config
+from .errors import BootError
 from .iptable import IpTable
 from .migrate import enable_migrate_req
-from .pipebus import make_mesh
+from .pipebus import MAX_PACKET, make_mesh
+from .portlock import lock_port
 from .worker import EXIT_BOOT, worker_main
 
 log = logging.getLogger("fanwire.supervisor")
@@ -48,6 +52,7 @@ class WorkerProc:
     last_beat: float = 0.0
     retiring: bool = False
     boot_error: str = ""
+    killed: str = ""  # why the supervisor itself killed it, if it did
     buf: bytes = b""
 
 
@@ -73,6 +78,7 @@ class Supervisor:
         # connections per client address, shared by all workers (one row per bus endpoint)
         self.ip_table = IpTable(self.endpoints) if self.cfg.max_conns_per_ip else None
         self.node = self.node or self.cfg.node_id or default_node_id(self.cfg.host, self.cfg.port, self.cfg.bus)
+        self._lock: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -80,6 +86,14 @@ class Supervisor:
     # --- main loop ----------------------------------------------------------------------------------
 
     def run(self) -> int:
+        lock = None
+        if self.cfg.port:
+            try:
+                lock = lock_port(self.cfg.port)
+            except BootError as exc:
+                print(f"fanwire: error: {exc}; not starting", file=sys.stderr, flush=True)
+                return 1
+        self._lock = lock
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._enqueue)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -147,6 +161,8 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+                if self._lock is not None:
+                    self._lock.close()
                 for p in self.procs.values():
                     os.close(p.status_fd)
                 for ep, socks in self.mesh.items():
@@ -223,11 +239,14 @@ class Supervisor:
             os.close(p.status_fd)
             if self.ip_table is not None:
                 self.ip_table.clear(p.endpoint)  # its connections are gone with it
+            self._say_bye(p)
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
                 how = f"killed by signal {signal.Signals(sig).name}"
-                if sig == signal.SIGKILL and not self.stopping:
-                    how += " (perhaps out of memory?)"
+                if p.killed:
+                    how += f" (killed by the supervisor: {p.killed})"
+                elif sig == signal.SIGKILL and not self.stopping:
+                    how += " (not by the supervisor: perhaps out of memory?)"
                 code = -sig
             else:
                 code = os.WEXITSTATUS(status)
@@ -272,6 +291,18 @@ class Supervisor:
             else:
                 self.free_endpoints.add(p.endpoint)
 
+    def _say_bye(self, p: WorkerProc) -> None:
+        """Tell the other workers at once that this one is gone, on its behalf: a BYE from its bus endpoint
+        (the supervisor holds every end of the mesh). Without it they would keep sending to it."""
+        pkts = list(busframe.packets([busframe.record(busframe.BYE, p.endpoint, int(time.time() * 1000))],
+                                     MAX_PACKET))
+        for peer, sock in self.mesh[p.endpoint].items():
+            for pkt in pkts:
+                try:
+                    sock.send(pkt, socket.MSG_DONTWAIT)
+                except OSError as exc:  # that peer's buffer is full: it will notice the HELLO of the successor
+                    log.debug("bye to endpoint %d: %s", peer, exc)
+
     def _next_restart(self) -> None:
         if self.replacing or self.stopping or not self.restart_queue or not self.free_endpoints:
             return
@@ -289,10 +320,12 @@ class Supervisor:
                 log.error("worker %d pid %d not ready after %.0fs; killing it", p.slot, p.pid,
                           self.cfg.worker_boot_timeout)
                 p.boot_error = f"not ready after {self.cfg.worker_boot_timeout:.0f}s"
+                p.killed = p.boot_error
                 _kill(p.pid, signal.SIGKILL)
             elif p.ready and not p.retiring and now - p.last_beat > self.cfg.worker_liveness_timeout:
                 log.error("worker %d pid %d unresponsive for %.0fs; killing it", p.slot, p.pid,
                           now - p.last_beat)
+                p.killed = f"unresponsive for {now - p.last_beat:.0f}s"
                 _kill(p.pid, signal.SIGKILL)
 
     def _stop_all(self) -> int:

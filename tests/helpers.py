@@ -257,14 +257,14 @@ request.counter = 0  # type: ignore[attr-defined]
 
 
 async def connect_spread(url: str, n_workers: int, per_worker: int = 1, codec: str = "json",
-                         max_tries: int = 200) -> dict[int, list[ClientConnection]]:
+                         max_tries: int = 200, **kwargs: Any) -> dict[int, list[ClientConnection]]:
     """Open connections until each worker holds at least ``per_worker`` (SO_REUSEPORT spreads them)."""
     by_worker: dict[int, list[ClientConnection]] = {}
     extra: list[ClientConnection] = []
     for _ in range(max_tries):
         if len(by_worker) == n_workers and all(len(v) >= per_worker for v in by_worker.values()):
             break
-        ws = await connect(url, codec)
+        ws = await connect(url, codec, **kwargs)
         w = ws.welcome["worker"]  # type: ignore[attr-defined]
         if len(by_worker.get(w, [])) < per_worker:
             by_worker.setdefault(w, []).append(ws)

@@ -54,8 +54,10 @@ def chromium_binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One Chromium for the browser tests, stopped when they are done: Playwright's sync API runs an event
+    loop on the main thread while it lives, and the other test packages need asyncio.run() there."""
     if sync_playwright is None:
         pytest.skip(NO_PLAYWRIGHT_REASON)
     binary = chromium_binary()

@@ -5,7 +5,7 @@ each with its :class:`Recorder` handler (``bus.recorder``). Implementations add 
 parametrizes ``bus_factory`` and imports these tests.
 
 Payloads are what the worker publishes: JSON objects whose ``type`` is ``chat`` (room set) or ``broadcast``.
-A bus may route rooms by interest (:meth:`Bus.interest`), so every bus declares the rooms it receives,
+A bus may route rooms by interest (:meth:`Bus.room_members`), so every bus declares the rooms it receives,
 as the hub does when a room gains its first local member.
 """
 
@@ -35,7 +35,7 @@ class Recorder:
         self.got.append(pub)
         self.event.set()
 
-    def stats_snapshot(self) -> dict[str, Any]:
+    def stats_snapshot(self, query: Any = None) -> dict[str, Any]:
         return {"id": self.name, "clients": self.name * 10}
 
 
@@ -54,7 +54,7 @@ async def wait_for(pred: Callable[[], bool], timeout: float = 3.0) -> None:
 async def _all_see_each_other(buses: list[Bus], rooms: tuple[str, ...] = ()) -> None:
     for b in buses:
         for room in rooms:
-            b.interest(room, True)
+            b.room_members(room, 1)
     await wait_for(lambda: all(b.peer_count() >= len(buses) - 1 for b in buses))
 
 

@@ -97,12 +97,12 @@ def test_rooms_are_routed_by_interest(redis_server: RedisServer) -> None:
         a.publish(Publication(None, b'{"type":"broadcast"}', now_ms()))
         await wait_for(lambda: len(rb.got) == 1)
         assert rb.got[0].room is None  # broadcasts always; "games" not (no member on B)
-        b.interest("games", True)
+        b.room_members("games", 1)
         await asyncio.sleep(0.05)
         a.publish(Publication("games", chat(2), now_ms()))
         await wait_for(lambda: len(rb.got) == 2)
         assert rb.got[1].payload == chat(2) and rb.got[1].origin == "A/0"
-        b.interest("games", False)
+        b.room_members("games", 0)
         await asyncio.sleep(0.05)
         a.publish(Publication("games", chat(3), now_ms()))
         a.publish(Publication(None, b'{"type":"broadcast","n":4}', now_ms()))
@@ -124,8 +124,8 @@ def test_always_rooms_are_subscribed_from_the_start(redis_server: RedisServer) -
         await b.start(rb)
         a.publish(Publication("lobby", chat(1), now_ms()))
         await wait_for(lambda: len(rb.got) == 1)
-        b.interest("lobby", True)
-        b.interest("lobby", False)
+        b.room_members("lobby", 1)
+        b.room_members("lobby", 0)
         await asyncio.sleep(0.05)
         a.publish(Publication("lobby", chat(2), now_ms()))
         await wait_for(lambda: len(rb.got) == 2)
@@ -144,7 +144,7 @@ def test_own_node_is_not_delivered_twice(redis_server: RedisServer) -> None:
         r0, r1, ro = Recorder(0), Recorder(1), Recorder(2)
         for bus, r in ((w0, r0), (w1, r1), (other, ro)):
             await bus.start(r)
-            bus.interest("x", True)
+            bus.room_members("x", 1)
         await wait_for(lambda: other.peer_count() == 2 and w0.peer_count() == 1)
         assert w0.nodes() == ["M"] and other.nodes() == ["N"]
         w0.publish(Publication("x", chat(1), now_ms()))
@@ -164,7 +164,7 @@ def test_publishes_are_batched_per_tick(redis_server: RedisServer) -> None:
         rb = Recorder(1)
         await a.start(Recorder(0))
         await b.start(rb)
-        b.interest("r", True)
+        b.room_members("r", 1)
         await asyncio.sleep(0.05)
         before = _publish_calls(redis_server)
         for i in range(1000):
@@ -197,7 +197,7 @@ def test_bad_and_oversized_payloads_are_dropped_and_counted(redis_server: RedisS
         b = new_bus(redis_server.url, "B", prefix="bad:", max_payload=1000, max_envelope=100_000)
         rb = Recorder(1)
         await b.start(rb)
-        b.interest("r", True)
+        b.room_members("r", 1)
         await asyncio.sleep(0.05)
         bch, rch = rf.broadcast_channel(b"bad:"), rf.room_channel(b"bad:", "r")
         head_b, head_r = rf.header(b"evil", 0, None), rf.header(b"evil", 0, "r")
@@ -260,7 +260,7 @@ def test_redis_down_at_start_then_up() -> None:
         await b.start(rb)
         assert time.monotonic() - t0 < T(4)
         assert not a.healthy() and not b.healthy()
-        b.interest("r", True)  # joins while down are remembered and subscribed on connect
+        b.room_members("r", 1)  # joins while down are remembered and subscribed on connect
         a.publish(Publication("r", chat(0), now_ms()))
         assert a.metrics.bus_dropped == {"redis_down": 1}
         server = RedisServer(port).start()
@@ -291,7 +291,7 @@ def test_redis_killed_and_restarted_mid_traffic() -> None:
             rb = Recorder(1)
             await a.start(Recorder(0))
             await b.start(rb)
-            b.interest("r", True)
+            b.room_members("r", 1)
             await wait_for(lambda: a.peer_count() == 1 and b.peer_count() == 1)
             sent = 0
             outage_seen = False

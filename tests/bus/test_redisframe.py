@@ -78,14 +78,15 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
 
 
 def snap(node: str, wid: int, clients: int, rooms: dict[str, int], **kw: Any) -> dict[str, Any]:
-    return {"node": node, "id": wid, "clients": clients, "rooms": rooms, "messages_in": 1, "messages_out": 2,
-            "uptime_s": 1.5 + wid, **kw}
+    return {"node": node, "id": wid, "clients": clients, "room_count": len(rooms), "messages_in": 1,
+            "messages_out": 2, "uptime_s": 1.5 + wid, **kw}
 
 
 def test_cluster_figures() -> None:
     snaps = [snap("a", 0, 2, {"lobby": 2}), snap("a", 1, 1, {"lobby": 1, "x": 1}), snap("b", 0, 4, {"y": 4})]
     assert cluster.node_entries(snaps) == [
-        {"node": "a", "workers": 2, "clients": 3, "messages_in": 2, "messages_out": 4, "rooms": 2, "uptime_s": 2.5},
+        # rooms with members, summed over the node's workers (lobby counts once per worker holding it)
+        {"node": "a", "workers": 2, "clients": 3, "messages_in": 2, "messages_out": 4, "rooms": 3, "uptime_s": 2.5},
         {"node": "b", "workers": 1, "clients": 4, "messages_in": 1, "messages_out": 2, "rooms": 1, "uptime_s": 1.5},
     ]
     assert cluster.stats_fields(snaps, "a", 2, True, True) == {"partial": False,
@@ -119,18 +120,20 @@ class _Sink:
     def write_out(self, data: list[bytes]) -> None: ...
 
 
-def test_hub_tells_the_bus_when_a_room_gains_its_first_and_loses_its_last_member() -> None:
+def test_hub_tells_the_bus_every_rooms_local_member_count() -> None:
     hub: Hub[Any] = Hub(Metrics(), 1 << 20)
-    calls: list[tuple[str, bool]] = []
-    hub.on_room = lambda room, present: calls.append((room, present))
+    calls: list[tuple[str, int]] = []
+    hub.on_members = lambda room, count: calls.append((room, count))
     a, b = _Sink(), _Sink()
     hub.add(a, ["lobby"])
     hub.add(b, ["lobby"])
     hub.subscribe(b, "games")
-    hub.subscribe(b, "games")
-    assert calls == [("lobby", True), ("games", True)]
+    hub.subscribe(b, "games")  # already a member: no news
+    assert calls == [("lobby", 1), ("lobby", 2), ("games", 1)]
     hub.remove(a, ["lobby"])
-    assert calls[-1] == ("games", True)
+    assert calls[-1] == ("lobby", 1)
     hub.unsubscribe(b, "games")
     hub.remove(b, ["lobby"])
-    assert calls[2:] == [("games", False), ("lobby", False)]
+    assert calls[4:] == [("games", 0), ("lobby", 0)]
+    hub.subscribe(a, "ghost")  # a removed connection is never a member again
+    assert "ghost" not in hub.rooms and calls[-1] == ("lobby", 0)

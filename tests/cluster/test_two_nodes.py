@@ -151,17 +151,18 @@ def test_cluster_stats_and_metrics(cluster: tuple[ServerProcess, ServerProcess])
         try:
             await request(on_b[0], {"type": "join", "room": room})
             await request(on_a[0], {"type": "join", "room": room})
+            await request(on_a[1], {"type": "join", "room": room})  # a client sees the rooms it is in
             stats: dict[str, Any] = {}
             deadline = time.monotonic() + T(8)
             while time.monotonic() < deadline:  # the other node's figures are refreshed every second
                 stats = await request(on_a[1], {"type": "custom", "action": "get_stats"})
                 nodes = {n["node"]: n for n in stats.get("nodes", [])}
-                if (stats["clients"] == 5 and stats["rooms"].get(room) == 2 and
+                if (stats["clients"] == 5 and stats["rooms"].get(room) == 3 and
                         nodes.get("node-b", {}).get("clients") == 3):
                     break
                 await asyncio.sleep(0.2)
             assert stats["clients"] == 5, stats
-            assert stats["rooms"]["lobby"] == 5 and stats["rooms"][room] == 2
+            assert stats["rooms"]["lobby"] == 5 and stats["rooms"][room] == 3
             assert stats["partial"] is False
             nodes = {n["node"]: n for n in stats["nodes"]}
             assert set(nodes) == {"node-a", "node-b"}

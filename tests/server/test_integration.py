@@ -148,6 +148,7 @@ def test_get_stats_totals_across_workers(srv: ServerProcess) -> None:
         conns = [c for cs in by_worker.values() for c in cs]
         await request(conns[0], {"type": "join", "room": "statsroom"})
         await request(conns[3], {"type": "join", "room": "statsroom"})
+        await request(conns[1], {"type": "join", "room": "statsroom"})
         stats = await request(conns[1], {"type": "custom", "action": "get_stats", "data": {"k": 1}})
         assert stats["type"] == "stats" and stats["data"] == {"k": 1}
         assert stats["partial"] is False
@@ -156,11 +157,12 @@ def test_get_stats_totals_across_workers(srv: ServerProcess) -> None:
         assert stats["clients"] == sum(w["clients"] for w in stats["workers"])
         assert stats["clients"] >= 4
         assert all(w["clients"] >= 2 for w in stats["workers"])
-        assert stats["rooms"]["statsroom"] == 2
+        assert stats["rooms"]["statsroom"] == 3  # counted on both workers; only rooms the asker is in
         assert stats["rooms"]["lobby"] >= 4
+        assert set(stats["rooms"]) == {"lobby", "statsroom"}
         assert stats["uptime_s"] > 0
         assert stats["you"]["client_id"] == conns[1].welcome["client_id"]  # type: ignore[attr-defined]
-        assert stats["you"]["messages_in"] == 1
+        assert stats["you"]["messages_in"] == 2
         pids = set(srv.worker_pids().values())
         assert {w["pid"] for w in stats["workers"]} == pids
         err = await request(conns[0], {"type": "custom", "action": "reboot"})

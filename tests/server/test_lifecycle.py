@@ -231,3 +231,45 @@ def test_port_in_use_halts_with_clear_message() -> None:
         assert "restarting" not in out
     finally:
         blocker.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_a_second_server_on_the_same_port_refuses_to_start(host: str) -> None:
+    """SO_REUSEPORT would let it bind and silently split the clients between two servers."""
+    with ServerProcess(workers=2) as first:
+        second = ServerProcess(workers=1, port=first.port, host=host)
+        second.start(wait=False)
+        assert second.proc is not None
+        try:
+            code = second.proc.wait(T(15))
+        finally:
+            second.kill()
+        out = second.output()
+        assert code != 0
+        assert "already in use" in out and str(first.port) in out, out
+        assert "fanwire: ready" not in out
+
+        async def main() -> None:  # the first server still holds every client
+            ws = await connect(first.url)
+            await request(ws, {"type": "ping"})
+            await ws.close()
+
+        run(main())
+
+
+def test_the_supervisor_names_its_own_liveness_kill() -> None:
+    """A worker whose loop is stuck is killed by the supervisor, which says so (not 'out of memory?')."""
+    srv = ServerProcess(workers=1, env={"FANWIRE_WORKER_LIVENESS_TIMEOUT": "1"})
+    srv.start()
+    try:
+        pid = srv.worker_pids()[0]
+        os.kill(pid, signal.SIGSTOP)  # a stuck loop: no liveness beats
+        srv.wait_worker_replaced(0, pid, timeout=10)
+        time.sleep(T(0.3))
+        out = srv.output()
+        assert "unresponsive" in out
+        killed = [line for line in out.splitlines() if f"pid {pid}" in line and "killed by signal" in line]
+        assert killed and all("out of memory" not in line for line in killed), out
+        assert any("killed by the supervisor" in line for line in killed), out
+    finally:
+        srv.kill()

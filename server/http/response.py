@@ -1,0 +1,28 @@
+"""HTTP/1.1 responses as bytes. Pure. Every response closes the connection (no keep-alive on this port)."""
+
+from __future__ import annotations
+
+import email.utils
+import http
+from collections.abc import Iterable
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+
+
+def response(status: int, body: bytes = b"", content_type: str = TEXT,
+             headers: Iterable[tuple[str, str]] = (), head_only: bool = False) -> bytes:
+    """A complete response: status line, Date, Connection: close, Content-Length, Content-Type, extras."""
+    phrase = http.HTTPStatus(status).phrase
+    lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {email.utils.formatdate(usegmt=True)}",
+             "Connection: close", f"Content-Length: {len(body)}"]
+    if body or content_type != TEXT:
+        lines.append(f"Content-Type: {content_type}")
+    lines.extend(f"{k}: {v}" for k, v in headers)
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + body
+
+
+def error(status: int, detail: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A refusal with a one-line plain-text reason (never a traceback)."""
+    return response(status, (detail.rstrip("\n") + "\n").encode(), TEXT, headers)

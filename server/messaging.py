@@ -1,0 +1,197 @@
+"""Messaging inside a worker: replies, publications to the hub and the bus, room changes, stats queries.
+
+The message handlers (:mod:`.handlers`) carry out the protocol's actions through :class:`Messaging`; the
+bus pushes other workers' publications into it (it is the bus's :class:`~server.bus.BusHandler`).
+
+Stats queries are *gathered in rounds*: while one round is out on the bus, every new query joins the next
+one, so a flood of ``get_stats`` (or of scrapes) costs the bus one request per round trip, whatever its
+size; a connection may have at most ``MAX_PENDING_STATS`` queries waiting (more are refused with
+``too_many_requests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+from . import cluster, codecs, metrics
+from .bus import Bus, Publication
+from .hub import Hub
+from .metrics import Metrics
+from .protocol import Publish, QueryStats, error_msg
+from .stats import StatsQuery, merge_rooms, room_counts, stats_reply
+
+if TYPE_CHECKING:
+    from .connection import Conn
+
+log = logging.getLogger("fanwire.worker")
+
+MAX_PENDING_STATS: Final = 4
+
+
+class Gatherer:
+    """Rounds of stats gathering over the bus (see the module docstring)."""
+
+    __slots__ = ("bus", "local", "next_query", "next_round", "running", "timeout")
+
+    def __init__(self, bus: Bus, local: Callable[[StatsQuery | None], dict[str, Any]], timeout: float) -> None:
+        self.bus = bus
+        self.local = local
+        self.timeout = timeout
+        self.next_query: StatsQuery | None = None
+        self.next_round: asyncio.Future[list[dict[str, Any]]] | None = None
+        self.running = False
+
+    async def gather(self, rooms: list[str], all_rooms: bool) -> list[dict[str, Any]]:
+        """Every worker's snapshot (this one first), counting ``rooms`` (or, ``all_rooms``, the largest)."""
+        if self.next_round is None:
+            self.next_round = asyncio.get_running_loop().create_future()
+            self.next_query = StatsQuery()
+        assert self.next_query is not None
+        self.next_query.add(rooms, all_rooms)
+        fut = self.next_round
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._rounds())
+        return await asyncio.shield(fut)
+
+    async def _rounds(self) -> None:
+        try:
+            while self.next_round is not None:
+                fut, query = self.next_round, self.next_query
+                self.next_round = self.next_query = None
+                try:
+                    snaps = [self.local(query)] + await self.bus.gather_stats(self.timeout, query)
+                except Exception as exc:  # a round must always be answered
+                    log.exception("stats gathering failed")
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    continue
+                if not fut.done():
+                    fut.set_result(snaps)
+        finally:
+            self.running = False
+
+
+class Messaging:
+    """The worker's messaging: the handlers' :class:`~server.handlers.MessageSink`, the bus's handler."""
+
+    def __init__(self, hub: Hub[Conn], bus: Bus, metrics: Metrics, *, worker_id: int, node: str,
+                 max_rooms: int, stats_timeout: float, worker_count: int, cluster_bus: bool,
+                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        self.hub = hub
+        self.bus = bus
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.origin = str(worker_id)
+        self.node = node
+        self.max_rooms = max_rooms
+        self.worker_count = worker_count
+        self.cluster_bus = cluster_bus
+        self.spawn = spawn
+        self.pid = 0
+        self.started = time.monotonic()
+        self.gatherer = Gatherer(bus, self.stats_snapshot, stats_timeout)
+        self.pending_stats: dict[Conn, int] = {}
+        self.count_in = metrics.count_in
+        self.count_out = metrics.count_out
+
+    # --- the handlers' sink ---------------------------------------------------------------------------
+
+    def reply(self, conn: Conn, msg: dict[str, Any]) -> None:
+        """Send one message to one client, encoded with its codec."""
+        if conn.closing is not None:
+            return
+        codec = conn.codec
+        payload = codecs.encode(codec, msg)
+        conn.send_message(payload, codec == codecs.JSON)
+        conn.msgs_out += 1
+        conn.bytes_out += len(payload)
+        m = self.metrics
+        mtype = msg["type"]
+        m.count_out(mtype, 1, len(payload))
+        if mtype == "error":
+            m.inc(m.errors, msg["code"])
+
+    def publish(self, conn: Conn, action: Publish) -> None:
+        room = action.room
+        m = self.metrics
+        m.inc(m.publishes, "room" if room is not None else "all")
+        self.hub.deliver(room, action.payload, action.msg["type"])
+        bus = self.bus
+        bus.publish(Publication(room, action.payload, action.msg["ts"], self.origin))
+        if bus.congested() and not conn.held:
+            conn.hold()  # back-pressure: this publisher waits for the bus, nobody loses a message
+            self.metrics.inc(self.metrics.held, "bus")
+            bus.on_drained(conn.release)
+
+    def subscribe(self, conn: Conn, room: str) -> None:
+        self.hub.subscribe(conn, room)
+
+    def unsubscribe(self, conn: Conn, room: str) -> None:
+        self.hub.unsubscribe(conn, room)
+
+    def query_stats(self, conn: Conn, query: QueryStats) -> None:
+        pending = self.pending_stats.get(conn, 0)
+        if pending >= MAX_PENDING_STATS:
+            self.reply(conn, error_msg("too_many_requests",
+                                       f"at most {MAX_PENDING_STATS} get_stats at a time", query.id))
+            return
+        self.pending_stats[conn] = pending + 1
+        self.spawn(self._stats(conn, query))
+
+    async def _stats(self, conn: Conn, query: QueryStats) -> None:
+        try:
+            admin = conn.grant is not None and conn.grant.admin
+            visible = None if admin else list(conn.rooms)
+            snaps = await self.gatherer.gather(visible or [], admin)
+            extra = cluster.stats_fields(snaps, self.node, self.worker_count, self.cluster_bus,
+                                         self.bus.stats_complete())
+            you = {"client_id": conn.client_id, "messages_in": conn.msgs_in, "messages_out": conn.msgs_out,
+                   "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
+                   "connected_s": round(time.monotonic() - conn.opened_at, 3), "rooms": list(conn.rooms)}
+            reply = stats_reply(snaps, merge_rooms(snaps, visible), you, extra)
+            if query.data is not None:
+                reply["data"] = query.data
+            if query.id is not None:
+                reply["id"] = query.id
+            self.reply(conn, reply)
+        finally:
+            left = self.pending_stats.get(conn, 1) - 1
+            if left > 0:
+                self.pending_stats[conn] = left
+            else:
+                self.pending_stats.pop(conn, None)
+
+    # --- the bus's handler ----------------------------------------------------------------------------------
+
+    def on_publication(self, pub: Publication) -> None:
+        self.hub.deliver(pub.room, pub.payload, "chat" if pub.room is not None else "broadcast")
+
+    def stats_snapshot(self, query: StatsQuery | None = None) -> dict[str, Any]:
+        m = self.metrics
+        hub = self.hub
+        uptime = round(time.monotonic() - self.started, 3)
+        nconns = len(hub.conns)
+        return {
+            "id": self.worker_id,
+            "pid": self.pid,
+            "node": self.node,
+            "clients": nconns,
+            "messages_in": m.total_in(),
+            "messages_out": m.total_out(),
+            "room_count": len(hub.rooms),
+            "room_counts": room_counts(hub.rooms, query),
+            "uptime_s": uptime,
+            "metrics": m.snapshot(nconns, len(hub.rooms), self.worker_id, uptime, self.bus.healthy()),
+        }
+
+    async def metrics_text(self) -> str:
+        snaps = await self.gatherer.gather([], False)
+        merged = metrics.merge(s.get("metrics", {}) for s in snaps)  # this node's (others carry none)
+        if self.cluster_bus:
+            merged.update(cluster.metric_families(snaps))
+        return metrics.render(merged)

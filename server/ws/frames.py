@@ -1,0 +1,283 @@
+"""RFC 6455 frames: an incremental reader of client frames and builders of server frames. Pure, no I/O.
+
+The reader turns the bytes a client sent into *events*, at most ``max_frames`` frames per call, so a
+connection can bound the work one wake-up spends on one client (:meth:`Reader.read`):
+
+=================  =====================================================================================
+event              payload
+=================  =====================================================================================
+``TEXT``           a complete text message (fragments joined; UTF-8 is checked by the consumer)
+``BINARY``         a complete binary message
+``PING``           the ping's application data (the consumer answers with a pong, in order with its output)
+``PONG``           the pong's application data
+``CLOSE``          the close frame's payload, already validated (code and UTF-8 reason)
+=================  =====================================================================================
+
+Every rule the peer can break raises :class:`~server.errors.WsProtocolError` with the close code to send:
+1002 for framing (unmasked frame, reserved bits or opcodes, bad control frames, continuation without a
+start, a new message inside a fragmented one, a bad close payload), 1007 for a close reason that is not
+UTF-8, 1009 for a message over ``max_size`` bytes or ``max_fragments`` frames. A partial message costs
+memory close to its size (fragments are appended to one ``bytearray``), and an oversize frame is refused
+from its header, before its payload is buffered.
+
+After a ``CLOSE`` event the reader discards everything (RFC 6455 1.4).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+from ..errors import WsProtocolError
+
+try:  # websockets' C helper; its pure-Python twin is exact but slower
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask as _apply_mask
+
+OP_CONT: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+
+TEXT: Final = OP_TEXT
+BINARY: Final = OP_BINARY
+CLOSE: Final = OP_CLOSE
+PING: Final = OP_PING
+PONG: Final = OP_PONG
+
+Event = tuple[int, bytes]
+
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+_H16 = struct.Struct("!BBH").pack
+_H64 = struct.Struct("!BBQ").pack
+
+# close codes a peer may send (RFC 6455 7.4.1 and the IANA registry); 1005, 1006 and 1015 never on the wire
+_VALID_CLOSE: Final = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
+
+
+def valid_close_code(code: int) -> bool:
+    return code in _VALID_CLOSE or 3000 <= code <= 4999
+
+
+class Reader:
+    """Client frames in, events out. ``inflate`` is websockets' permessage-deflate extension, when negotiated.
+
+    Counters for the caller's limits: ``frames`` and ``wire_bytes`` (headers included) consumed so far.
+    """
+
+    __slots__ = ("buf", "closed", "frag", "frag_count", "frag_op", "frames", "inflate", "max_fragments",
+                 "max_size", "more", "wire_bytes")
+
+    def __init__(self, max_size: int, max_fragments: int, inflate: Any = None) -> None:
+        self.buf = bytearray()
+        self.max_size = max_size
+        self.max_fragments = max_fragments
+        self.inflate = inflate
+        self.frag: bytearray | None = None
+        self.frag_op = 0
+        self.frag_count = 0
+        self.frames = 0
+        self.wire_bytes = 0
+        self.more = False  # the last read() stopped at its frame budget with complete frames left
+        self.closed = False
+
+    def feed(self, data: bytes) -> None:
+        if not self.closed:
+            self.buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf)
+
+    def read(self, max_frames: int) -> list[Event]:
+        """Events for the complete frames buffered, at most ``max_frames`` frames; raises WsProtocolError."""
+        buf = self.buf
+        end = len(buf)
+        pos = 0
+        n = 0
+        events: list[Event] = []
+        self.more = False
+        try:
+            while end - pos >= 2:
+                if n >= max_frames:
+                    self.more = True
+                    break
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                if not b1 & 0x80:
+                    raise WsProtocolError(1002, "unmasked frame from a client")
+                length = b1 & 0x7F
+                if length < 126:
+                    head = 6
+                elif length == 126:
+                    if end - pos < 4:
+                        break
+                    (length,) = _U16.unpack_from(buf, pos + 2)
+                    head = 8
+                else:
+                    if end - pos < 10:
+                        break
+                    (length,) = _U64.unpack_from(buf, pos + 2)
+                    head = 14  # a length with its top bit set is over any max_size: refused below (1009)
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
+                self._check(opcode, fin, b0 & 0x70, length)
+                total = head + length
+                if end - pos < total:
+                    break
+                if length:
+                    start = pos + head
+                    payload = _apply_mask(memoryview(buf)[start : start + length], bytes(buf[start - 4 : start]))
+                else:
+                    payload = b""
+                pos += total
+                n += 1
+                self.wire_bytes += total
+                event = self._frame(opcode, fin, b0 & 0x40, payload)
+                if event is not None:
+                    events.append(event)
+                    if event[0] == CLOSE:
+                        self.closed = True
+                        pos = end
+                        break
+        finally:
+            self.frames += n
+            if pos:
+                del buf[:pos]
+        return events
+
+    def _check(self, opcode: int, fin: int, rsv: int, length: int) -> None:
+        """Refuse a frame from its header alone."""
+        if opcode >= 8:
+            if opcode > OP_PONG:
+                raise WsProtocolError(1002, f"reserved opcode {opcode:#x}")
+            if not fin:
+                raise WsProtocolError(1002, "fragmented control frame")
+            if length > 125:
+                raise WsProtocolError(1002, "control frame longer than 125 bytes")
+            if rsv:
+                raise WsProtocolError(1002, "reserved bits set on a control frame")
+            return
+        if opcode == OP_CONT:
+            if self.frag is None:
+                raise WsProtocolError(1002, "continuation frame without a message to continue")
+            if rsv:
+                raise WsProtocolError(1002, "reserved bits set on a continuation frame")
+            if self.frag_count >= self.max_fragments:
+                raise WsProtocolError(1009, f"message in more than {self.max_fragments} fragments")
+            if self.inflate is None and len(self.frag) + length > self.max_size:
+                raise WsProtocolError(1009, f"message over {self.max_size} bytes")
+            return
+        if opcode > OP_BINARY:
+            raise WsProtocolError(1002, f"reserved opcode {opcode:#x}")
+        if self.frag is not None:
+            raise WsProtocolError(1002, "new message inside a fragmented one")
+        if rsv and (rsv != 0x40 or self.inflate is None):
+            raise WsProtocolError(1002, "reserved bits set without an extension that defines them")
+        if length > self.max_size and (self.inflate is None or not rsv):
+            raise WsProtocolError(1009, f"message over {self.max_size} bytes")
+
+    def _frame(self, opcode: int, fin: int, rsv1: int, payload: bytes) -> Event | None:
+        if opcode in (OP_TEXT, OP_BINARY):
+            if self.inflate is not None:
+                payload = self._inflate(opcode, fin, rsv1, payload, self.max_size)
+            if fin:
+                return (opcode, payload)
+            self.frag = bytearray(payload)
+            self.frag_op = opcode
+            self.frag_count = 1
+            return None
+        if opcode == OP_CONT:
+            frag = self.frag
+            assert frag is not None
+            if self.inflate is not None:
+                payload = self._inflate(opcode, fin, 0, payload, self.max_size - len(frag))
+            frag += payload
+            self.frag_count += 1
+            if not fin:
+                return None
+            self.frag = None
+            return (self.frag_op, bytes(frag))
+        if opcode == OP_CLOSE:
+            if self.frag is not None:
+                pass  # a close may interrupt a fragmented message (RFC 6455 5.4): the partial one is dropped
+            return (CLOSE, check_close(payload))
+        return (opcode, payload)  # PING, PONG
+
+    def _inflate(self, opcode: int, fin: int, rsv1: int, payload: bytes, room: int) -> bytes:
+        from websockets.exceptions import PayloadTooBig, ProtocolError
+        from websockets.frames import Frame, Opcode
+
+        try:
+            frame = self.inflate.decode(Frame(Opcode(opcode), payload, bool(fin), bool(rsv1)), max_size=room)
+        except PayloadTooBig:
+            raise WsProtocolError(1009, f"message over {self.max_size} bytes") from None
+        except ProtocolError as exc:
+            raise WsProtocolError(1002, str(exc)) from None
+        data: bytes = bytes(frame.data)
+        return data
+
+
+def check_close(payload: bytes) -> bytes:
+    """Validate a close frame's payload (RFC 6455 5.5.1, 7.4); returns it unchanged."""
+    if not payload:
+        return payload
+    if len(payload) == 1:
+        raise WsProtocolError(1002, "close frame with a one-byte payload")
+    (code,) = _U16.unpack_from(payload)
+    if not valid_close_code(code):
+        raise WsProtocolError(1002, f"invalid close code {code}")
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        raise WsProtocolError(1007, "close reason is not valid UTF-8") from None
+    return payload
+
+
+def close_code_of(payload: bytes) -> int:
+    """The code of a validated close payload (1005 when it carries none)."""
+    return _U16.unpack_from(payload)[0] if payload else 1005
+
+
+# --- server frames: unmasked, so one frame can go to many receivers ------------------------------------------
+
+def build_frame(opcode: int, payload: bytes) -> bytes:
+    """One final (FIN) unmasked frame carrying ``payload``."""
+    n = len(payload)
+    b0 = 0x80 | opcode
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 65536:
+        return _H16(b0, 126, n) + payload
+    return _H64(b0, 127, n) + payload
+
+
+def frame_header(opcode: int, n: int) -> bytes:
+    """The header of a final unmasked frame of ``n`` payload bytes (write it, then the payload)."""
+    b0 = 0x80 | opcode
+    if n < 126:
+        return bytes((b0, n))
+    if n < 65536:
+        return _H16(b0, 126, n)
+    return _H64(b0, 127, n)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload: the code and a reason cut to fit 125 bytes on a character boundary."""
+    data = reason.encode()[:123]
+    return _U16.pack(code) + data.decode(errors="ignore").encode()
+
+
+def build_close(code: int, reason: str = "") -> bytes:
+    return build_frame(OP_CLOSE, close_payload(code, reason))
+
+
+def encode_frame(opcode: int, payload: bytes, extensions: Any) -> bytes:
+    """A frame through negotiated extensions (permessage-deflate): per connection, never shared."""
+    from websockets.frames import Frame, Opcode
+
+    return bytes(Frame(Opcode(opcode), payload).serialize(mask=False, extensions=extensions))
