@@ -6,15 +6,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-HOST    ?= 127.0.0.1
-PORT    ?= 8765
-WORKERS ?= 0
-BUS     ?= pipe
-REDIS_URL ?= redis://127.0.0.1:6379/0
-URL     ?= ws://$(HOST):$(PORT)
+# Server settings: only what you set is passed, so FANWIRE_* variables and the defaults of
+# `python -m server --help` apply to everything else.
+HOST    ?=
+PORT    ?=
+WORKERS ?=
+BUS     ?=
+REDIS_URL ?=
+SERVE_ARGS := $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(if $(WORKERS),--workers $(WORKERS)) \
+              $(if $(BUS),--bus $(BUS)) $(if $(REDIS_URL),--redis-url $(REDIS_URL))
+URL     ?= ws://$(or $(HOST),127.0.0.1):$(or $(PORT),8765)
 ARGS    ?=
 
-.PHONY: serve test lint typecheck bench bench-quick bench-micro charts demo chat stress echo clean
+.PHONY: docs serve test lint typecheck bench bench-quick bench-micro charts conformance demo chat stress echo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +29,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 serve: $(STAMP)
-	$(PY) -m server --host $(HOST) --port $(PORT) --workers $(WORKERS) --bus $(BUS) --redis-url $(REDIS_URL) $(ARGS)
+	$(PY) -m server $(SERVE_ARGS) $(ARGS)
 
 echo: $(STAMP)
-	$(PY) -m server --mode echo --host $(HOST) --port $(PORT) --workers $(WORKERS) $(ARGS)
+	$(PY) -m server --mode echo $(SERVE_ARGS) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check server client bench tests
@@ -61,6 +65,14 @@ bench-micro: $(STAMP)
 
 charts: $(STAMP)
 	$(PY) -m bench charts $(ARGS)
+
+# Autobahn|Testsuite against fanwire and websockets' own server (needs a Python 2.7; not part of `make test`)
+conformance: $(STAMP)
+	$(PY) -m bench.conformance $(ARGS)
+
+# rewrite the tables the docs embed (options, metrics) from the code
+docs: $(STAMP)
+	$(PY) -m server.doctables README.md docs/*.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -273,8 +273,8 @@ class ChatSession:
             self.console.print(f"* reconnecting... ({error})")
         elif state is State.CONNECTED and self.was_connected:
             self.console.print(f"* reconnected; rooms: {', '.join(self.client.rooms)}")
-        elif state is State.CLOSED and error is not None:
-            self.console.print(f"! connection closed: {error}; not reconnecting")
+        elif state is State.CLOSED and error is not None and self.was_connected:
+            self.console.print(f"! connection closed: {error}; not reconnecting")  # (a failed connect() says it)
         if state is State.CONNECTED:
             self.was_connected = True
         if state is State.CLOSED:
@@ -435,7 +435,7 @@ async def _chat(
     try:
         await client.connect()
     except ClientError as exc:
-        print(f"chat: cannot connect to {client.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"chat: {exc} ({type(exc).__name__})", file=sys.stderr)
         return 1
     if interactive:
         console.print("type /help for the commands, /exit to quit")

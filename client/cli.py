@@ -179,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _normalize(argv: list[str]) -> list[str]:
-    """``demo`` is the default command: ``python -m client --url X`` means ``python -m client demo --url X``."""
+def _normalize(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``demo`` is the default command: ``python -m client --url X`` means ``python -m client demo --url X``;
+    a first word that is no command (and no option) is an error naming the commands."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        parser.error(f"unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)}")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         return ["demo", *argv]
     return argv
@@ -211,7 +214,7 @@ def _security(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_normalize(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(_normalize(list(sys.argv[1:] if argv is None else argv), parser))
     _security(parser, args)
     logging.basicConfig(
         level={0: logging.ERROR, 1: logging.INFO}.get(args.verbose, logging.DEBUG),

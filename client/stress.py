@@ -92,6 +92,13 @@ class _Tally:
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_ERROR_KINDS, 0))
     hist: Histogram = field(default_factory=Histogram)
     elapsed_s: float = 0.0
+    connect_error: str = ""  # why the first failed connection failed
+
+    def connect_failed(self, exc: BaseException) -> None:
+        self.errors["connect"] += 1
+        if not self.connect_error:
+            detail = str(exc) or "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            self.connect_error = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +108,7 @@ class _Tally:
             "errors": dict(self.errors),
             "hist": self.hist.to_dict(),
             "elapsed_s": self.elapsed_s,
+            "connect_error": self.connect_error,
         }
 
 
@@ -145,8 +153,8 @@ async def _one_connection(
             cfg.timeout,
         )
         await asyncio.wait_for(ws.recv(decode=False), cfg.timeout)  # the welcome
-    except Exception:
-        tally.errors["connect"] += 1
+    except Exception as exc:
+        tally.connect_failed(exc)
         connected()
         return
     tally.opened += 1
@@ -399,7 +407,9 @@ def _summarize(
     errors = dict.fromkeys(_ERROR_KINDS, 0)
     opened = sent = received = 0
     elapsed = 0.0
+    connect_error = ""
     for r in results.values():
+        connect_error = connect_error or r.get("connect_error", "")
         opened += r["opened"]
         sent += r["sent"]
         received += r["received"]
@@ -421,6 +431,7 @@ def _summarize(
         "connections": {"requested": cfg.connections, "opened": opened, "failed": cfg.connections - opened},
         "messages": {"sent": sent, "received": received},
         "errors": {**errors, "total": sum(errors.values())},
+        "connect_error": connect_error or None,
         "crashes": {str(k): v for k, v in crashes.items()},
         "duration_s": round(duration, 4),
         "msg_per_s": round(received / duration, 1) if duration > 0 else 0.0,
@@ -491,6 +502,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("latency p99.9", fmt_ms(lat["p99.9"])),
         ("latency max", fmt_ms(lat["max"])),
     ]
+    if result.get("connect_error"):
+        rows.insert(5, ("connect error", f"{result['connect_error']} (is a server running at {cfg['url']}?)"))
     w1 = max(len(r[0]) for r in [*rows, ("metric", "")])
     w2 = max(len(r[1]) for r in [*rows, ("", "value")])
     lines = [head, "", f"  {'metric':<{w1}}  value", f"  {'-' * w1}  {'-' * w2}"]

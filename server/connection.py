@@ -19,6 +19,9 @@ frames, fan-out) goes through one queue (the hub's :meth:`~server.hub.Hub.push`,
 tick), so a reply to a ping leaves in the order of the frames that caused it. Once a connection is
 closing, nothing but its close frame is queued for it, and a transport that cannot drain is aborted
 after ``limits.close_timeout`` seconds.
+
+Why this module is long: it is one state machine (the states above) and the transport adapter around it;
+split, the transitions would be spread over files that each need the others.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from .http import response as http_response
 from .http.request import MAX_HEAD, HttpRequest, find_head_end, parse_head
 from .metrics import Metrics
 from .protocol import Policy, Session
-from .ratelimit import RateLimiter
+from .security.ratelimit import RateLimiter
 from .ws import frames as wsf
 
 if TYPE_CHECKING:
-    from .auth import Grant
+    from .security.auth import Grant
 
 HEAD: Final = 0
 HTTP: Final = 1
@@ -86,9 +89,10 @@ class ConnOwner(Protocol):
 class Conn(Session, asyncio.Protocol):
     """A client connection. It is also the message protocol's :class:`Session` and the hub's ``Sink``."""
 
-    __slots__ = ("body_left", "bytes_in", "bytes_out", "close_code_sent", "closing", "eof", "extensions", "grant", "head",
-                 "held", "last_rx", "msgs_in", "msgs_out", "opened_at", "out", "owner", "paused", "peer_ip",
-                 "ping_at", "policy", "raw", "reader", "request", "rl", "stash", "state", "timer", "transport")
+    __slots__ = ("body_left", "bytes_in", "bytes_out", "close_code_sent", "close_reason", "end_after_write",
+                 "extensions", "grant", "head", "held", "last_rx", "msgs_in", "msgs_out", "opened_at", "out",
+                 "owner", "paused", "peer_ip", "ping_at", "policy", "raw", "reader", "request", "rl", "stash",
+                 "state", "timer", "transport")
 
     def __init__(self, owner: ConnOwner) -> None:
         Session.__init__(self, "", codecs.JSON)
@@ -102,9 +106,9 @@ class Conn(Session, asyncio.Protocol):
         self.out: list[bytes] | None = None  # the hub's write queue for this tick
         self.raw = True  # no extension: pre-built frames go out as they are
         self.extensions: list[Any] = []
-        self.closing: str | None = None  # why it is closing (a metric label); None while open
+        self.close_reason: str | None = None  # why it is closing (a metric label); None while open
         self.close_code_sent = 1006  # the close code sent or echoed (1006: none, the TCP connection dropped)
-        self.eof = False  # close the transport after the next write
+        self.end_after_write = False  # close the transport after the next write
         self.paused = False  # reading paused: a budget was used up, or the connection is held
         self.held = False  # held by back-pressure (the bus is congested): see hold()
         self.stash: list[wsf.Event] | None = None  # events read but not handled when it was held
@@ -151,7 +155,7 @@ class Conn(Session, asyncio.Protocol):
         """The peer will send nothing more. If it did not close the WebSocket properly, stop serving it;
         the transport closes once our output drains, or is aborted after the close timeout."""
         if self.state == OPEN:
-            self.closing = self.closing or "eof"
+            self.close_reason = self.close_reason or "eof"
             self.state = CLOSED
         elif self.state == HEAD and self.head:
             self.owner.metrics.inc(self.owner.metrics.refused, "incomplete_request")
@@ -162,7 +166,7 @@ class Conn(Session, asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.closing = self.closing or "lost"
+        self.close_reason = self.close_reason or "lost"
         self.state = CLOSED
         self.out = None
         self.reader = None
@@ -219,12 +223,12 @@ class Conn(Session, asyncio.Protocol):
 
     def _discard(self, data: bytes) -> None:
         """Bytes after an HTTP request: never parsed, never executed; counted once per connection."""
-        if self.closing != "http_discarded" and data.strip(b"\r\n"):
+        if self.close_reason != "http_discarded" and data.strip(b"\r\n"):
             m = self.owner.metrics
             reason = "pipelined" if data[:1].isalpha() else "junk"
             m.inc(m.http_discarded, reason)
-            if self.closing in (None, "http"):
-                self.closing = "http_discarded"
+            if self.close_reason in (None, "http"):
+                self.close_reason = "http_discarded"
 
     def respond(self, status: int, body: bytes = b"", content_type: str = http_response.TEXT,
                 headers: tuple[tuple[str, str], ...] = (), head_only: bool = False) -> None:
@@ -232,7 +236,7 @@ class Conn(Session, asyncio.Protocol):
         if self.transport is None or self.state not in (HEAD, HTTP):
             return
         self.state = HTTP
-        self.closing = self.closing or "http"
+        self.close_reason = self.close_reason or "http"
         self.owner.push(self, http_response.response(status, body, content_type, headers, head_only))
         self._end()
 
@@ -245,7 +249,7 @@ class Conn(Session, asyncio.Protocol):
             return
         self.state = HTTP
         self.head = None
-        self.closing = self.closing or "http"
+        self.close_reason = self.close_reason or "http"
         self.owner.push(self, http_response.error(exc.status, exc.detail, exc.headers))
         self._end()
 
@@ -277,7 +281,7 @@ class Conn(Session, asyncio.Protocol):
             m.inc(m.handshakes_failed, 408)
             self.state = HTTP
             self.head = None
-            self.closing = "handshake_timeout"
+            self.close_reason = "handshake_timeout"
             self.owner.push(self, http_response.error(408, "handshake timeout"))
             self._end()
         else:
@@ -365,7 +369,7 @@ class Conn(Session, asyncio.Protocol):
     def _peer_closed(self, payload: bytes) -> None:
         """The peer's close frame: echo it if we had not sent ours, then close the TCP connection."""
         if self.state == OPEN:
-            self.closing = self.closing or "closed"
+            self.close_reason = self.close_reason or "closed"
             self.owner.push(self, wsf.build_frame(wsf.OP_CLOSE, payload[:2]))
             self.close_code_sent = wsf.close_code_of(payload)
         self.state = CLOSED
@@ -375,8 +379,7 @@ class Conn(Session, asyncio.Protocol):
 
     def send_payload(self, payload: bytes) -> None:
         """One message to this connection only, through its extensions (permessage-deflate)."""
-        op = wsf.OP_TEXT if self.codec == codecs.JSON else wsf.OP_BINARY
-        self.owner.push(self, wsf.encode_frame(op, payload, self.extensions))
+        self.owner.push(self, wsf.encode_frame(self.codec.opcode, payload, self.extensions))
 
     def send_message(self, payload: bytes, text: bool) -> None:
         """One encoded message to this connection only (a reply, an echo)."""
@@ -394,13 +397,13 @@ class Conn(Session, asyncio.Protocol):
         if self.transport is None:
             return
         if self.state == OPEN:
-            self.closing = label
+            self.close_reason = label
             self.state = CLOSING
             self.close_code_sent = code
             self.owner.push(self, wsf.build_close(code, reason))
             self.arm_abort()
         elif self.state in (HEAD, HTTP):
-            self.closing = self.closing or label
+            self.close_reason = self.close_reason or label
             self.abort()
 
     def fail(self, code: int, reason: str) -> None:
@@ -409,7 +412,7 @@ class Conn(Session, asyncio.Protocol):
             if self.state == OPEN:
                 self.owner.push(self, wsf.build_close(code, reason))
                 self.close_code_sent = code
-            self.closing = "failed"
+            self.close_reason = "failed"
             self.state = CLOSED
             self._end()
 
@@ -426,7 +429,7 @@ class Conn(Session, asyncio.Protocol):
 
     def _end(self) -> None:
         """Close the TCP connection once the queued output is written; abort it if that takes too long."""
-        self.eof = True
+        self.end_after_write = True
         if self.out is None:
             self.owner.push(self, b"")
         self.arm_abort()

@@ -13,15 +13,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .admission import Gate, Refusal
 from .config import Config
 from .connection import Conn, Limits
 from .errors import HttpError
 from .hub import Hub
-from .iptable import IpTable
 from .metrics import Metrics
 from .protocol import ALLOW_ALL, DEFAULT_ROOM, Policy, error_msg, welcome_msg
-from .ratelimit import KICK, RateLimiter
+from .security.admission import Gate, Refusal
+from .security.iptable import IpTable
+from .security.ratelimit import KICK, RateLimiter
 
 if TYPE_CHECKING:
     from .http.request import HttpRequest
@@ -91,7 +91,7 @@ class ConnHost:
         rl = conn.rl
         assert rl is not None
         m.inc(m.rate_limited, rl.limit)
-        if conn.closing is not None:  # already on its way out (kicked): drop quietly, count once
+        if conn.close_reason is not None:  # already on its way out (kicked): drop quietly, count once
             return
         if payload is not None:
             if rl.limit == "messages":
@@ -135,7 +135,7 @@ class ConnHost:
         conn.client_id = f"{self.worker_id}-{self.client_seq:x}"
         grant = conn.grant
         if grant is not None:  # auth is on: the token decides the name and the rooms
-            from .auth import GrantPolicy
+            from .security.auth import GrantPolicy
 
             conn.policy = GrantPolicy(grant)
             conn.user = grant.user
@@ -173,11 +173,10 @@ class ConnHost:
 
 def _message_id(conn: Conn, payload: bytes) -> Any:
     """The ``id`` of a refused message, if it has a usable one (for the error reply)."""
-    from . import codecs
     from .errors import BadEncoding
 
     try:
-        msg = codecs.decode(conn.codec, payload)
+        msg = conn.codec.decode(payload)
     except BadEncoding:
         return None
     mid = msg.get("id") if type(msg) is dict else None

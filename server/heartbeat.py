@@ -69,7 +69,7 @@ class Heartbeat:
                 c.abort()
 
     def check(self, c: Conn, now: float, wall: float) -> None:
-        if c.closing is not None:
+        if c.close_reason is not None:
             return
         if wall and c.grant is not None and wall >= c.grant.expires:
             self.metrics.inc(self.metrics.policy_closes, "token_expired")

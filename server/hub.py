@@ -16,18 +16,18 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
-from . import codecs
+from .codecs import Codec
 from .metrics import Metrics
-from .wsframe import build_frame
+from .ws.frames import build_frame
 
 
 class Sink(Protocol):
     """What the hub needs of a connection."""
 
-    codec: str
+    codec: Codec
     raw: bool  # True: pre-built frames can be written as they are (no per-connection extensions)
     out: list[bytes] | None
-    closing: str | None  # why it is closing; None while open
+    close_reason: str | None  # why it is closing (a metric label); None while open
     msgs_out: int
     bytes_out: int
 
@@ -36,7 +36,7 @@ class Sink(Protocol):
     @property
     def transport(self) -> asyncio.WriteTransport | None: ...
 
-    eof: bool  # close the transport after the next write
+    end_after_write: bool  # close the transport once what is queued is written
 
     def overflow(self, queued: int) -> None:
         """More than ``max_queue`` bytes are waiting: close (an open connection) or abort (a closing one)."""
@@ -125,49 +125,46 @@ class Hub(Generic[S]):
                 t.write(out[0])
             else:
                 t.writelines(out)
-            if conn.eof:
+            if conn.end_after_write:
                 t.close()
             queued = t.get_write_buffer_size()
             if queued > limit:
                 conn.overflow(queued)
 
     def deliver(self, room: str | None, payload: bytes, mtype: str) -> int:
-        """Fan a JSON-encoded message out to this worker's receivers. Returns the number of deliveries."""
+        """Fan a JSON-encoded message out to this worker's receivers. Returns the number of deliveries.
+
+        Each codec's payload and frame are built once, on the first receiver that needs them (a receiver
+        with extensions gets its own frame); receivers that are closing are skipped and counted."""
         targets: Iterable[S] | None = self.conns if room is None else self.rooms.get(room)
         if not targets:
             return 0
-        jframe: bytes | None = None
-        mframe: bytes | None = None
-        mpayload: bytes | None = None
+        encoded: dict[Codec, tuple[bytes, bytes]] = {}  # codec -> (payload, frame)
+        last: Codec | None = None
+        body = frame = b""
         push = self.push
         n = 0
         nbytes = 0
-        jsize = len(payload)
         for conn in targets:
-            if conn.closing is not None:
-                self.metrics.inc(self.metrics.dropped, conn.closing)
+            if conn.close_reason is not None:
+                self.metrics.inc(self.metrics.dropped, conn.close_reason)
                 continue
-            if conn.codec == codecs.JSON:
-                if conn.raw:
-                    if jframe is None:
-                        jframe = build_frame(codecs.OP_TEXT, payload)
-                    push(conn, jframe)
-                else:
-                    conn.send_payload(payload)
-                conn.bytes_out += jsize
-                nbytes += jsize
+            codec = conn.codec
+            if codec is not last:
+                cached = encoded.get(codec)
+                if cached is None:
+                    p = codec.from_json(payload)
+                    cached = encoded[codec] = (p, build_frame(codec.opcode, p))
+                body, frame = cached
+                last = codec
+            if conn.raw:
+                push(conn, frame)
             else:
-                if mpayload is None:
-                    mpayload = codecs.json_to_msgpack(payload)
-                if conn.raw:
-                    if mframe is None:
-                        mframe = build_frame(codecs.OP_BINARY, mpayload)
-                    push(conn, mframe)
-                else:
-                    conn.send_payload(mpayload)
-                conn.bytes_out += len(mpayload)
-                nbytes += len(mpayload)
+                conn.send_payload(body)
+            size = len(body)
+            conn.bytes_out += size
             conn.msgs_out += 1
+            nbytes += size
             n += 1
         if n:
             self.metrics.count_out(mtype, n, nbytes)

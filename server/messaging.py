@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
-from . import cluster, codecs, metrics
-from .bus import Bus, Publication
+from . import metrics
+from .bus import Bus, Publication, cluster
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import Publish, QueryStats, error_msg
@@ -103,11 +103,11 @@ class Messaging:
 
     def reply(self, conn: Conn, msg: dict[str, Any]) -> None:
         """Send one message to one client, encoded with its codec."""
-        if conn.closing is not None:
+        if conn.close_reason is not None:
             return
         codec = conn.codec
-        payload = codecs.encode(codec, msg)
-        conn.send_message(payload, codec == codecs.JSON)
+        payload = codec.encode(msg)
+        conn.send_message(payload, codec.text)
         conn.msgs_out += 1
         conn.bytes_out += len(payload)
         m = self.metrics

@@ -146,10 +146,10 @@ class Metrics:
 
 
 def _labelled(label: str, counter: dict[str, int] | dict[int, int]) -> dict[str, float]:
-    return {f'{label}="{_escape(str(k))}"': v for k, v in counter.items()}
+    return {f'{label}="{escape_label(str(k))}"': v for k, v in counter.items()}
 
 
-def _escape(value: str) -> str:
+def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

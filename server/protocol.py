@@ -33,7 +33,7 @@ class Session:
 
     __slots__ = ("client_id", "codec", "rooms", "user", "user_fixed")
 
-    def __init__(self, client_id: str, codec: str = codecs.JSON, user: str | None = None) -> None:
+    def __init__(self, client_id: str, codec: codecs.Codec = codecs.JSON, user: str | None = None) -> None:
         self.client_id = client_id
         self.codec = codec
         self.user = user
@@ -119,7 +119,7 @@ def welcome_msg(session: Session, worker: int, node: str, now_ms: int, heartbeat
         "client_id": session.client_id,
         "worker": worker,
         "node": node,
-        "codec": session.codec,
+        "codec": session.codec.name,
         "rooms": list(session.rooms),
         "server_ts": now_ms,
         "protocol": PROTOCOL_VERSION,
@@ -307,7 +307,7 @@ def handle_payload(session: Session, payload: bytes, now_ms: int, max_rooms: int
     """
     msg: Any = None
     try:
-        msg = codecs.decode(session.codec, payload)
+        msg = session.codec.decode(payload)
         actions = handle(session, msg, now_ms, max_rooms, policy)
         return msg["type"], actions  # handle() accepted it: a map whose type is known
     except ProtocolViolation as exc:

@@ -9,6 +9,9 @@ Signal handlers only enqueue the signal; the main loop wakes on a self-pipe (or 
 - SIGINT/SIGTERM: stop. Workers get SIGTERM (close clients with 1001), then SIGKILL after the deadline.
 - SIGHUP: rolling restart, one slot at a time: the new worker (on the spare bus endpoint) is ready before
   the old one is told to leave (SIGHUP: it closes its clients with 1012).
+
+Why this module is long: forking, status pipes, reaping, rolling restarts and the stop sequence are one
+loop over one process table; gunicorn's arbiter, the model, is three times as long.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 
-from . import busframe
-from .cluster import default_node_id
+from .bus import pipeframe as busframe
+from .bus.pipebus import MAX_PACKET, make_mesh
+from .bus.registry import is_cluster
 from .config import Config
 from .errors import BootError
-from .iptable import IpTable
-from .migrate import enable_migrate_req
-from .pipebus import MAX_PACKET, make_mesh
-from .portlock import lock_port
+from .listener import enable_migrate_req
+from .logs import lifecycle
+from .security.iptable import IpTable
+from .security.portlock import lock_port
 from .worker import EXIT_BOOT, worker_main
 
 log = logging.getLogger("fanwire.supervisor")
@@ -58,6 +62,9 @@ class WorkerProc:
 
 @dataclass
 class Supervisor:
+    """Forks the workers, watches their status pipes, handles signals (stop, rolling restart), reaps and
+    replaces them; holds the bus mesh and the per-address table they share. Runs no event loop."""
+
     cfg: Config
     node: str = ""
     procs: dict[int, WorkerProc] = field(default_factory=dict)  # by pid
@@ -91,7 +98,7 @@ class Supervisor:
             try:
                 lock = lock_port(self.cfg.port)
             except BootError as exc:
-                print(f"fanwire: error: {exc}; not starting", file=sys.stderr, flush=True)
+                lifecycle.error("%s; not starting", exc)
                 return 1
         self._lock = lock
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
@@ -221,8 +228,8 @@ class Supervisor:
             _kill(old.pid, signal.SIGHUP)
         if not self.announced and all(s.ready for s in self.slots.values()) and len(self.slots) == self.n:
             self.announced = True
-            print(f"fanwire: ready, {self.n} workers on {self.cfg.url} (supervisor pid {os.getpid()})",
-                  flush=True)
+            lifecycle.info("ready, %d worker%s on %s (supervisor pid %d)", self.n, "" if self.n == 1 else "s",
+                           self.cfg.url, os.getpid())
 
     def reap(self) -> None:
         while True:
@@ -266,13 +273,12 @@ class Supervisor:
                 self.slots[p.slot] = old
                 self.free_endpoints.add(p.endpoint)
                 self.restart_queue.clear()
-                print(f"fanwire: error: rolling restart aborted: new worker {p.slot} failed to boot: "
-                      f"{p.boot_error or how}; the running workers keep serving", file=sys.stderr, flush=True)
+                lifecycle.error("rolling restart aborted: new worker %d failed to boot: %s; the running workers "
+                                "keep serving", p.slot, p.boot_error or how)
                 continue
             if code == EXIT_BOOT or not p.ready:
                 reason = p.boot_error or how
-                print(f"fanwire: error: worker {p.slot} failed to boot: {reason}; stopping", file=sys.stderr,
-                      flush=True)
+                lifecycle.error("worker %d failed to boot: %s; stopping", p.slot, reason)
                 self.exit_code = 1
                 self.stopping = True
                 continue
@@ -281,8 +287,8 @@ class Supervisor:
             history.append(time.monotonic())
             self.crashes[p.slot] = history
             if len(history) > CRASH_LIMIT:
-                print(f"fanwire: error: worker {p.slot} crashed {len(history)} times in {CRASH_WINDOW_S:.0f}s;"
-                      " stopping", file=sys.stderr, flush=True)
+                lifecycle.error("worker %d crashed %d times in %.0fs; stopping", p.slot, len(history),
+                                CRASH_WINDOW_S)
                 self.exit_code = 1
                 self.stopping = True
                 continue
@@ -343,6 +349,14 @@ class Supervisor:
             time.sleep(0.01)
         log.info("supervisor stopped")
         return self.exit_code
+
+
+def default_node_id(host: str, port: int, bus: str) -> str:
+    """A node's name when ``--node-id`` is not given. Within a cluster it must be unique (a node drops what
+    carries its own name, as the pipe bus delivered it already), hence the machine name and the pid."""
+    if is_cluster(bus):
+        return f"{socket.gethostname()}:{port}:{os.getpid()}"
+    return f"{host}:{port}"
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -20,13 +20,13 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
 
-from . import buses, loops, migrate
+from . import listener, loops
 from .bus import Bus
+from .bus import registry as buses
 from .config import Config
 from .connection import Conn
 from .conns import ConnHost
@@ -35,33 +35,16 @@ from .handlers import MODES
 from .heartbeat import Heartbeat
 from .http.routes import Router
 from .hub import Hub
-from .iptable import IpTable
+from .logs import lifecycle
 from .messaging import Messaging
 from .metrics import Metrics
+from .security.iptable import IpTable
 
 log = logging.getLogger("fanwire.worker")
 
 EXIT_BOOT = 3  # a worker that cannot boot exits with this; the supervisor halts instead of restarting
 
 RESTART_HANDSHAKE_GRACE = 1.0  # seconds a stopping worker lets handshakes in flight finish (then 1012)
-
-
-def bind_listener(cfg: Config) -> socket.socket:
-    """The worker's own listening socket, bound with SO_REUSEPORT on the shared address."""
-    infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, stype, proto, _, addr = infos[0]
-    sock = socket.socket(family, stype, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(addr)
-        sock.listen(cfg.backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class Worker:
@@ -102,7 +85,7 @@ class Worker:
         self.host.router = Router(self)
         self.ssl: ssl.SSLContext | None = None
         if cfg.certfile and cfg.keyfile:
-            from .tls import server_context
+            from .security.tls import server_context
 
             self.ssl = server_context(cfg.certfile, cfg.keyfile)  # BootError: worker_main exits EXIT_BOOT
             self.host.with_tls = True
@@ -142,9 +125,8 @@ class Worker:
             ssl_handshake_timeout=self.cfg.handshake_timeout if self.ssl is not None else None)
         for sig, code in ((signal.SIGTERM, 1001), (signal.SIGINT, 1001), (signal.SIGHUP, 1012)):
             loop.add_signal_handler(sig, self.stop, code)
-        # one write with its newline: workers share stdout, and an unbuffered print writes the newline apart
-        print(f"fanwire: worker {self.id} pid {self.pid} listening on {self.cfg.url}"
-              f" ({self.cfg.mode}, bus {self.bus.name})\n", end="", flush=True)
+        lifecycle.info("worker %d pid %d listening on %s (%s, bus %s)", self.id, self.pid, self.cfg.url,
+                       self.cfg.mode, self.bus.name)
         self._status(b"R")
         self.heartbeat = Heartbeat(loop, self.hub.conns, self.metrics, self.cfg.ping_interval,
                                    self.cfg.ping_timeout, bool(self.cfg.auth_secret), self.host.sweep_tls)
@@ -167,7 +149,7 @@ class Worker:
             # Closing a SO_REUSEPORT listener resets what its accept queue holds, unless the kernel
             # migrates it to another listener of the group (net.ipv4.tcp_migrate_req = 1). Without that,
             # accept the queue ourselves right before closing: those clients open, then get the close code.
-            taken = 0 if migrate.migrate_req() else self._take_backlog()
+            taken = 0 if listener.migrate_req() else self._take_backlog()
             self._server.close()
             if taken:
                 log.info("worker %d: took %d queued connections off the listener before closing it", self.id, taken)
@@ -237,13 +219,13 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        sock = bind_listener(cfg)
+        sock = listener.bind_listener(cfg)
     except OSError as exc:
         return _boot_failed(f"worker {worker_id} cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
                             status_fd)
     m = Metrics()
     try:
-        bus = buses.make(cfg, node, worker_id, endpoint, bus_socks, m)
+        bus = buses.make(cfg.bus, cfg.bus_settings(node, worker_id, endpoint), bus_socks, m)
         if ip_table is not None:
             ip_table.bind(endpoint)
         worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table)
@@ -255,7 +237,7 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
 
 def _boot_failed(msg: str, status_fd: int | None) -> int:
     """Say why this worker cannot boot (stderr, and the supervisor's status pipe); the exit code to use."""
-    print(f"fanwire: error: {msg}", file=sys.stderr, flush=True)
+    lifecycle.error("%s", msg)
     if status_fd is not None:
         try:
             os.write(status_fd, b"E" + msg.encode()[:400] + b"\n")

@@ -1,5 +1,6 @@
 """The server's pure hot paths: parse and route one message, build a frame, re-encode for msgpack
-receivers, and websockets' own frame parser (what every incoming message goes through first)."""
+receivers, and the frame reader every incoming message goes through first (fanwire's own, next to
+websockets' sans-I/O parser that it replaced after the handshake)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,18 @@ from websockets.server import ServerProtocol
 from bench.wsproto import handshake_request, masked_frame, new_key
 from server import codecs
 from server.protocol import Session, handle_payload
-from server.wsframe import build_frame
+from server.ws.frames import Reader, build_frame
 
 PING = {"type": "ping", "ts": 1764125000123, "id": 17}
 CHAT = {"type": "chat", "text": "hello everyone, how is it going today?", "user": "alice"}
 JOIN = {"type": "join", "room": "games"}
 
 
-@pytest.mark.parametrize("codec", codecs.CODECS)
+@pytest.mark.parametrize("codec", list(codecs.CODECS))
 @pytest.mark.parametrize("msg", [PING, CHAT, JOIN], ids=["ping", "chat", "join"])
 def test_handle_payload(benchmark: BenchmarkFixture, codec: str, msg: dict[str, object]) -> None:
-    session = Session("0-1", codec)
-    payload = codecs.encode(codec, msg)
+    session = Session("0-1", codecs.CODECS[codec])
+    payload = codecs.CODECS[codec].encode(msg)
 
     def route() -> object:
         session.rooms = ["lobby"]
@@ -67,3 +68,17 @@ def test_websockets_parse_frame(benchmark: BenchmarkFixture, size: int) -> None:
 
     events = benchmark(parse)
     assert len(events) == 1 and isinstance(events[0], Frame) and events[0].opcode is Opcode.TEXT
+
+
+@pytest.mark.parametrize("size", [64, 16384])
+def test_fanwire_read_frame(benchmark: BenchmarkFixture, size: int) -> None:
+    """fanwire's frame reader (server/ws/frames.py) on one masked client frame."""
+    reader = Reader(1 << 20, 4096)
+    data = masked_frame(1, b"x" * size, os.urandom(4))
+
+    def parse() -> list[tuple[int, bytes]]:
+        reader.feed(data)
+        return reader.read(256)
+
+    events = benchmark(parse)
+    assert events == [(1, b"x" * size)]

@@ -32,9 +32,9 @@ from client import (
     TLSError,
     protocol,
 )
-from server import auth
-from tests.client.conftest import SECRET, Certs
+from server.security import auth
 from tests.client.fakes import FakeServer, async_wait_for, run, wait_for
+from tests.conftest import SECRET, Certs
 from tests.helpers import PYTHON, ROOT, ServerProcess, T, scrape_metrics
 
 pytestmark = pytest.mark.timeout(60)
@@ -92,7 +92,7 @@ def test_wss_with_a_ca_file_and_a_token(secure: ServerProcess, certs: Certs) -> 
         calls.append(1)
         return token("bob")
 
-    with Client(secure.url, ssl=certs.context(), token=fresh) as c:
+    with Client(secure.url, ssl=certs.client_context(), token=fresh) as c:
         assert c.welcome is not None and c.welcome["user"] == "bob"
         assert c.ping() > 0
     assert calls == [1]
@@ -327,7 +327,7 @@ def test_security_options_are_checked_before_anything_is_sent(certs: Certs) -> N
     with pytest.raises(ValueError, match="wss://"):
         AsyncClient("ws://127.0.0.1:1", cafile=certs.cafile)
     with pytest.raises(ValueError, match="not both"):
-        AsyncClient("wss://127.0.0.1:1", cafile=certs.cafile, ssl=certs.context())
+        AsyncClient("wss://127.0.0.1:1", cafile=certs.cafile, ssl=certs.client_context())
     with pytest.raises(ValueError, match="CA file"):
         AsyncClient("wss://127.0.0.1:1", cafile=str(certs.cafile) + ".missing")
     with pytest.raises(ValueError, match="token"):

@@ -23,8 +23,9 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from server import auth
+from server.security import auth
 
+from ..conftest import SECRET
 from ..helpers import (
     HANDSHAKE,
     FrameReader,
@@ -42,7 +43,6 @@ from ..helpers import (
     send,
     status_of,
 )
-from .conftest import SECRET
 
 
 def run(coro: Any, timeout: float = 90) -> Any:

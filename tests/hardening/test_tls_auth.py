@@ -17,8 +17,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from server import auth
+from server.security import auth
 
+from ..conftest import SECRET, Certs
 from ..helpers import (
     PYTHON,
     ROOT,
@@ -31,7 +32,6 @@ from ..helpers import (
     send,
     status_of,
 )
-from .conftest import SECRET, Certs
 
 HANDSHAKE_TIMEOUT = 1.0
 
