@@ -66,7 +66,10 @@ class Heartbeat:
             except Exception:
                 log.exception("heartbeat failed on connection %s", c.client_id)
                 self.metrics.inc(self.metrics.errors, "internal_error")
-                c.abort()
+                try:
+                    c.abort()
+                except Exception:
+                    log.exception("aborting connection %s failed too", c.client_id)
 
     def check(self, c: Conn, now: float, wall: float) -> None:
         if c.close_reason is not None:

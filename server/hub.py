@@ -3,8 +3,9 @@
 Fan-out encodes each message once per codec and frames it once, then hands the same bytes to every
 receiving connection. Writes are coalesced per event-loop tick: a connection that receives several
 messages in one tick gets one write. Each connection's unsent output is bounded (``max_queue``) in every
-state: an open one that overflows is closed with 1013 and what it could not take is counted, one already
-closing is aborted (see :meth:`Hub.flush`).
+state: an open one that overflows is closed with 1013 and what it could not take is counted; nothing but a
+close frame is queued for one that is closing, and it is aborted if it cannot drain within the close
+timeout (see :meth:`Hub.flush` and ``Conn.overflow``).
 
 The hub holds open connections only: :meth:`add` when the WebSocket opens, :meth:`remove` when the
 connection is lost (whatever ended it), and :meth:`subscribe` ignores a connection it does not hold.

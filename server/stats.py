@@ -40,8 +40,7 @@ class StatsQuery:
         q = cls()
         if isinstance(data, dict):
             rooms = data.get("rooms")
-            if isinstance(rooms, list):
-                q.add((r for r in rooms if type(r) is str), bool(data.get("all")))
+            q.add((r for r in rooms if type(r) is str) if isinstance(rooms, list) else (), bool(data.get("all")))
         return q
 
 

@@ -35,6 +35,7 @@ _METHOD = re.compile(rb"[A-Z]{1,16}")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")  # origin-form: printable ASCII, no spaces
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII digits only (str.isdigit() also takes superscripts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +125,12 @@ def parse_head(head: bytes, max_body: int = 0) -> HttpRequest:
     if any(k == "transfer-encoding" for k, _ in headers):
         raise HttpError(400, "Transfer-Encoding is not accepted; send Content-Length", "bad_request")
     if lengths:
-        if len(lengths) > 1 or not next(iter(lengths)).isdigit() or len(next(iter(lengths))) > 12:
+        (text,) = lengths if len(lengths) == 1 else ("",)
+        if not _DIGITS.fullmatch(text):
             raise HttpError(400, "malformed Content-Length")
-        content_length = int(next(iter(lengths)))
+        content_length = int(text)
+        if content_length and method in (b"GET", b"HEAD"):
+            raise HttpError(400, f"a {method.decode()} request takes no body", "bad_request")
         if content_length > max_body:
-            if max_body == 0:
-                raise HttpError(400 if method in (b"GET", b"HEAD") else 413, "this request takes no body",
-                                "bad_request" if method in (b"GET", b"HEAD") else "too_large")
             raise HttpError(413, f"request body over {max_body} bytes", "too_large")
     return HttpRequest(method.decode("ascii"), target.decode("ascii"), tuple(headers), content_length)

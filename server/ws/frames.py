@@ -50,6 +50,8 @@ PONG: Final = OP_PONG
 
 Event = tuple[int, bytes]
 
+_DEFLATE_SLACK: Final = 1024  # deflate's worst case grows incompressible data by well under this
+
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 _H16 = struct.Struct("!BBH").pack
@@ -69,8 +71,8 @@ class Reader:
     Counters for the caller's limits: ``frames`` and ``wire_bytes`` (headers included) consumed so far.
     """
 
-    __slots__ = ("buf", "closed", "frag", "frag_count", "frag_op", "frames", "inflate", "max_fragments",
-                 "max_size", "more", "wire_bytes")
+    __slots__ = ("buf", "closed", "frag", "frag_compressed", "frag_count", "frag_op", "frames", "inflate",
+                 "max_fragments", "max_size", "more", "wire_bytes")
 
     def __init__(self, max_size: int, max_fragments: int, inflate: Any = None) -> None:
         self.buf = bytearray()
@@ -80,6 +82,7 @@ class Reader:
         self.frag: bytearray | None = None
         self.frag_op = 0
         self.frag_count = 0
+        self.frag_compressed = False
         self.frames = 0
         self.wire_bytes = 0
         self.more = False  # the last read() stopped at its frame budget with complete frames left
@@ -103,9 +106,6 @@ class Reader:
         self.more = False
         try:
             while end - pos >= 2:
-                if n >= max_frames:
-                    self.more = True
-                    break
                 b0 = buf[pos]
                 b1 = buf[pos + 1]
                 if not b1 & 0x80:
@@ -128,6 +128,9 @@ class Reader:
                 self._check(opcode, fin, b0 & 0x70, length)
                 total = head + length
                 if end - pos < total:
+                    break
+                if n >= max_frames:
+                    self.more = True  # a complete frame waits: the caller comes back on a later wake-up
                     break
                 if length:
                     start = pos + head
@@ -169,7 +172,7 @@ class Reader:
                 raise WsProtocolError(1002, "reserved bits set on a continuation frame")
             if self.frag_count >= self.max_fragments:
                 raise WsProtocolError(1009, f"message in more than {self.max_fragments} fragments")
-            if self.inflate is None and len(self.frag) + length > self.max_size:
+            if len(self.frag) + length > self.max_size + (_DEFLATE_SLACK if self.frag_compressed else 0):
                 raise WsProtocolError(1009, f"message over {self.max_size} bytes")
             return
         if opcode > OP_BINARY:
@@ -178,24 +181,30 @@ class Reader:
             raise WsProtocolError(1002, "new message inside a fragmented one")
         if rsv and (rsv != 0x40 or self.inflate is None):
             raise WsProtocolError(1002, "reserved bits set without an extension that defines them")
-        if length > self.max_size and (self.inflate is None or not rsv):
+        if length > self.max_size + (_DEFLATE_SLACK if rsv else 0):
+            # a compressed payload longer than the largest message it may inflate to, plus deflate's
+            # worst-case overhead, cannot be a legitimate one: refused from its header like the others
             raise WsProtocolError(1009, f"message over {self.max_size} bytes")
 
     def _frame(self, opcode: int, fin: int, rsv1: int, payload: bytes) -> Event | None:
         if opcode in (OP_TEXT, OP_BINARY):
-            if self.inflate is not None:
+            if rsv1:
                 payload = self._inflate(opcode, fin, rsv1, payload, self.max_size)
             if fin:
                 return (opcode, payload)
             self.frag = bytearray(payload)
             self.frag_op = opcode
             self.frag_count = 1
+            self.frag_compressed = bool(rsv1)
             return None
         if opcode == OP_CONT:
             frag = self.frag
             assert frag is not None
-            if self.inflate is not None:
-                payload = self._inflate(opcode, fin, 0, payload, self.max_size - len(frag))
+            if self.frag_compressed:
+                room = self.max_size - len(frag)
+                payload = self._inflate(opcode, fin, 0, payload, max(room, 1))  # 0 would mean "no limit"
+                if len(payload) > room:
+                    raise WsProtocolError(1009, f"message over {self.max_size} bytes")
             frag += payload
             self.frag_count += 1
             if not fin:

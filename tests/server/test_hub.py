@@ -1,0 +1,378 @@
+"""The hub: membership and its hook, fan-out built once per codec, and output written once per connection per tick."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgpack
+import orjson
+import pytest
+
+from server import codecs
+from server import hub as hub_module
+from server.codecs import Codec
+from server.hub import Hub
+from server.metrics import Metrics
+from server.ws.frames import build_frame
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what the hub does to it; ``buffered`` is what it reports as still unsent."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+        self.buffered = buffered
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.calls.append(("write", data))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.calls.append(("writelines", list(list_of_data)))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    @property
+    def written(self) -> bytes:
+        out = b""
+        for kind, data in self.calls:
+            if kind == "write":
+                out += data
+            elif kind == "writelines":
+                out += b"".join(data)
+        return out
+
+
+class _Sink:
+    """A connection as the hub sees it (the ``Sink`` protocol), recording what it is given."""
+
+    def __init__(self, codec: Codec = codecs.JSON, raw: bool = True, transport: FakeTransport | None = None,
+                 close_reason: str | None = None) -> None:
+        self.codec = codec
+        self.raw = raw
+        self.out: list[bytes] | None = None
+        self.close_reason = close_reason
+        self.msgs_out = 0
+        self.bytes_out = 0
+        self.end_after_write = False
+        self.transport: FakeTransport | None = FakeTransport() if transport is None else transport
+        self.payloads: list[bytes] = []  # what send_payload got (a receiver with extensions)
+        self.overflows: list[int] = []
+
+    def send_payload(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+
+    def overflow(self, queued: int) -> None:
+        self.overflows.append(queued)
+
+    @property
+    def t(self) -> FakeTransport:
+        assert self.transport is not None
+        return self.transport
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def new_hub(loop: asyncio.AbstractEventLoop | None = None, max_queue: int = 1 << 20) -> Hub[_Sink]:
+    hub: Hub[_Sink] = Hub(Metrics(), max_queue)
+    hub.loop = loop
+    return hub
+
+
+def tick(loop: asyncio.AbstractEventLoop) -> None:
+    """One pass of the loop: whatever was scheduled with call_soon runs."""
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def counting(codec: Codec) -> tuple[Codec, list[bytes]]:
+    """A copy of ``codec`` whose re-encoding records each call."""
+    calls: list[bytes] = []
+
+    def from_json(payload: bytes) -> bytes:
+        calls.append(payload)
+        return codec.from_json(payload)
+
+    return dataclasses.replace(codec, from_json=from_json), calls
+
+
+@pytest.fixture
+def frames_built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
+    """Every frame the hub builds, (opcode, payload)."""
+    built: list[tuple[int, bytes]] = []
+
+    def spy(opcode: int, payload: bytes) -> bytes:
+        built.append((opcode, payload))
+        return build_frame(opcode, payload)
+
+    monkeypatch.setattr(hub_module, "build_frame", spy)
+    return built
+
+
+# --- membership --------------------------------------------------------------------------------------------
+
+
+def test_hub_tells_the_bus_every_rooms_local_member_count() -> None:
+    hub: Hub[Any] = Hub(Metrics(), 1 << 20)
+    calls: list[tuple[str, int]] = []
+    hub.on_members = lambda room, count: calls.append((room, count))
+    a, b = _Sink(), _Sink()
+    hub.add(a, ["lobby"])
+    hub.add(b, ["lobby"])
+    hub.subscribe(b, "games")
+    hub.subscribe(b, "games")  # already a member: no news
+    assert calls == [("lobby", 1), ("lobby", 2), ("games", 1)]
+    hub.remove(a, ["lobby"])
+    assert calls[-1] == ("lobby", 1)
+    hub.unsubscribe(b, "games")
+    hub.remove(b, ["lobby"])
+    assert calls[4:] == [("games", 0), ("lobby", 0)]
+    hub.subscribe(a, "ghost")  # a removed connection is never a member again
+    assert "ghost" not in hub.rooms and calls[-1] == ("lobby", 0)
+
+
+def test_add_and_remove_keep_the_room_index() -> None:
+    hub = new_hub()
+    a, b = _Sink(), _Sink()
+    hub.add(a, ["lobby", "games"])
+    hub.add(b, ["lobby"])
+    assert hub.conns == {a, b}
+    assert hub.rooms == {"lobby": {a, b}, "games": {a}}
+    hub.remove(a, ["lobby", "games"])
+    assert hub.conns == {b} and hub.rooms == {"lobby": {b}}  # an empty room is gone
+    hub.remove(b, ["lobby"])
+    assert hub.conns == set() and hub.rooms == {}
+
+
+def test_a_connection_the_hub_does_not_hold_joins_nothing() -> None:
+    hub = new_hub()
+    calls: list[tuple[str, int]] = []
+    hub.on_members = lambda room, count: calls.append((room, count))
+    stranger = _Sink()
+    hub.subscribe(stranger, "lobby")
+    assert hub.rooms == {} and calls == []
+    member = _Sink()
+    hub.add(member, ["lobby"])
+    hub.subscribe(stranger, "lobby")
+    assert hub.rooms == {"lobby": {member}} and calls == [("lobby", 1)]
+
+
+def test_leaving_a_room_one_is_not_in_is_no_news() -> None:
+    hub = new_hub()
+    calls: list[tuple[str, int]] = []
+    hub.on_members = lambda room, count: calls.append((room, count))
+    a, b = _Sink(), _Sink()
+    hub.add(a, ["lobby"])
+    hub.add(b, [])
+    hub.unsubscribe(b, "lobby")
+    hub.unsubscribe(b, "nowhere")
+    hub.remove(b, ["lobby", "nowhere"])
+    assert calls == [("lobby", 1)] and hub.rooms == {"lobby": {a}}
+
+
+def test_membership_works_without_a_hook() -> None:
+    hub = new_hub()
+    a = _Sink()
+    hub.add(a, ["r"])
+    hub.unsubscribe(a, "r")
+    assert hub.rooms == {} and hub.conns == {a}
+
+
+# --- deliver -------------------------------------------------------------------------------------------------
+
+CHAT = b'{"type":"chat","room":"lobby","text":"hi"}'
+
+
+def test_deliver_builds_one_payload_and_one_frame_per_codec(loop: asyncio.AbstractEventLoop,
+                                                            frames_built: list[tuple[int, bytes]]) -> None:
+    hub = new_hub(loop)
+    json_codec, json_calls = counting(codecs.JSON)
+    mp_codec, mp_calls = counting(codecs.MSGPACK)
+    sinks = [_Sink(json_codec if i % 3 else mp_codec) for i in range(9)]  # interleaved codecs
+    for s in sinks:
+        hub.add(s, ["lobby"])
+    assert hub.deliver("lobby", CHAT, "chat") == 9
+    assert json_calls == [CHAT] and mp_calls == [CHAT]
+    packed = msgpack.packb(orjson.loads(CHAT), use_bin_type=True)
+    assert sorted(frames_built) == sorted([(codecs.OP_TEXT, CHAT), (codecs.OP_BINARY, packed)])
+    json_frames = [s.out[0] for s in sinks if s.codec is json_codec and s.out]
+    mp_frames = [s.out[0] for s in sinks if s.codec is mp_codec and s.out]
+    assert len(json_frames) == 6 and len(mp_frames) == 3
+    assert all(f is json_frames[0] for f in json_frames)  # the very same bytes object for every receiver
+    assert all(f is mp_frames[0] for f in mp_frames)
+    assert json_frames[0] == build_frame(codecs.OP_TEXT, CHAT)
+    assert mp_frames[0] == build_frame(codecs.OP_BINARY, packed)
+
+
+def test_deliver_counts_per_connection_and_per_type(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    j, m = _Sink(codecs.JSON), _Sink(codecs.MSGPACK)
+    hub.add(j, ["lobby"])
+    hub.add(m, ["lobby"])
+    packed = msgpack.packb(orjson.loads(CHAT), use_bin_type=True)
+    assert hub.deliver("lobby", CHAT, "chat") == 2
+    assert hub.deliver("lobby", CHAT, "chat") == 2
+    assert (j.msgs_out, j.bytes_out) == (2, 2 * len(CHAT))
+    assert (m.msgs_out, m.bytes_out) == (2, 2 * len(packed))
+    assert hub.metrics.messages_out == {"chat": 4}
+    assert hub.metrics.bytes_out == {"chat": 2 * (len(CHAT) + len(packed))}
+
+
+def test_receivers_with_extensions_get_the_payload_to_frame_themselves(
+        loop: asyncio.AbstractEventLoop, frames_built: list[tuple[int, bytes]]) -> None:
+    hub = new_hub(loop)
+    codec, calls = counting(codecs.MSGPACK)
+    plain, deflate1, deflate2 = _Sink(codec), _Sink(codec, raw=False), _Sink(codec, raw=False)
+    for s in (plain, deflate1, deflate2):
+        hub.add(s, [])
+    assert hub.deliver(None, CHAT, "broadcast") == 3
+    assert len(calls) == 1 and len(frames_built) == 1
+    packed = msgpack.packb(orjson.loads(CHAT), use_bin_type=True)
+    assert deflate1.payloads == [packed] and deflate2.payloads[0] is deflate1.payloads[0]
+    assert deflate1.out is None and deflate2.out is None  # nothing pushed on their behalf
+    assert plain.payloads == [] and plain.out == [build_frame(codecs.OP_BINARY, packed)]
+    assert deflate1.msgs_out == 1 and deflate1.bytes_out == len(packed)
+
+
+def test_closing_receivers_are_skipped_and_counted(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    ok = _Sink()
+    slow = _Sink(close_reason="slow_consumer")
+    leaving = _Sink(close_reason="closed")
+    leaving2 = _Sink(close_reason="closed")
+    for s in (ok, slow, leaving, leaving2):
+        hub.add(s, ["lobby"])
+    assert hub.deliver("lobby", CHAT, "chat") == 1
+    assert hub.metrics.dropped == {"slow_consumer": 1, "closed": 2}
+    assert ok.out == [build_frame(codecs.OP_TEXT, CHAT)]
+    for s in (slow, leaving, leaving2):
+        assert s.out is None and s.msgs_out == 0 and s.bytes_out == 0
+    assert hub.metrics.messages_out == {"chat": 1}
+
+
+def test_deliver_to_nobody_counts_nothing(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    assert hub.deliver(None, CHAT, "broadcast") == 0
+    hub.add(_Sink(), ["lobby"])
+    assert hub.deliver("elsewhere", CHAT, "chat") == 0
+    gone = _Sink(close_reason="eof")
+    hub.add(gone, ["quiet"])
+    assert hub.deliver("quiet", CHAT, "chat") == 0
+    assert hub.metrics.messages_out == {} and hub.metrics.bytes_out == {}
+    assert hub.metrics.dropped == {"eof": 1}
+
+
+def test_deliver_to_a_room_reaches_its_members_only(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    a, b, c = _Sink(), _Sink(), _Sink()
+    hub.add(a, ["lobby"])
+    hub.add(b, ["lobby", "games"])
+    hub.add(c, ["games"])
+    assert hub.deliver("games", CHAT, "chat") == 2
+    assert a.out is None and b.out is not None and c.out is not None
+    assert hub.deliver(None, CHAT, "broadcast") == 3
+    assert a.out is not None and len(b.out) == 2
+
+
+# --- push and flush --------------------------------------------------------------------------------------------
+
+
+def test_one_write_per_connection_per_tick(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    a, b = _Sink(), _Sink()
+    hub.push(a, b"1")
+    hub.push(b, b"x")
+    hub.push(a, b"2")
+    hub.push(a, b"3")
+    assert a.t.calls == [] and hub.scheduled  # nothing written before the tick ends
+    tick(loop)
+    assert a.t.calls == [("writelines", [b"1", b"2", b"3"])]
+    assert b.t.calls == [("write", b"x")]  # a single buffer: write, not writelines
+    assert a.out is None and b.out is None and hub.dirty == [] and not hub.scheduled
+
+
+def test_flush_is_scheduled_once_per_tick(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = new_hub(loop)
+    scheduled: list[Callable[[], None]] = []
+    real_call_soon = loop.call_soon
+
+    def call_soon(callback: Callable[..., Any], *args: Any, **kw: Any) -> asyncio.Handle:
+        if callback == hub.flush:  # (the loop's own task steps go through call_soon too)
+            scheduled.append(callback)
+        return real_call_soon(callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_soon", call_soon)
+    sinks = [_Sink() for _ in range(5)]
+    for i in range(20):
+        hub.push(sinks[i % 5], b"%d" % i)
+    assert scheduled == [hub.flush]
+    tick(loop)
+    assert [s.t.written for s in sinks] == [b"051015", b"161116", b"271217", b"381318", b"491419"]
+    hub.push(sinks[0], b"next")  # a new tick, a new flush
+    assert scheduled == [hub.flush, hub.flush]
+    tick(loop)
+    assert sinks[0].t.calls[-1] == ("write", b"next")
+
+
+def test_end_after_write_closes_after_the_write(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    s = _Sink()
+    hub.push(s, b"close frame")
+    s.end_after_write = True
+    hub.push(s, b"")
+    tick(loop)
+    assert s.t.calls == [("writelines", [b"close frame", b""]), ("close", None)]
+
+
+def test_a_connection_without_a_transport_loses_its_output_quietly(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    gone, alive = _Sink(), _Sink()
+    hub.push(gone, b"lost")
+    hub.push(alive, b"kept")
+    gone.transport = None  # connection_lost came in between
+    tick(loop)
+    assert gone.out is None and gone.overflows == []
+    assert alive.t.calls == [("write", b"kept")]
+
+
+@pytest.mark.parametrize("close_reason", [None, "closed", "slow_consumer", "http"])
+@pytest.mark.parametrize("end_after_write", [False, True])
+def test_overflow_is_called_whenever_the_buffer_exceeds_max_queue(
+        loop: asyncio.AbstractEventLoop, close_reason: str | None, end_after_write: bool) -> None:
+    hub = new_hub(loop, max_queue=1000)
+    over = _Sink(transport=FakeTransport(buffered=1001), close_reason=close_reason)
+    at = _Sink(transport=FakeTransport(buffered=1000), close_reason=close_reason)
+    for s in (over, at):
+        s.end_after_write = end_after_write
+        hub.push(s, b"data")
+    tick(loop)
+    assert over.overflows == [1001]  # whatever the connection's state
+    assert at.overflows == []  # at the limit is not over it
+    assert over.t.calls[0] == ("write", b"data")
+    assert [c for c, _ in over.t.calls] == (["write", "close"] if end_after_write else ["write"])
+
+
+def test_overflow_is_checked_after_every_flush_of_that_connection(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop, max_queue=100)
+    s = _Sink()
+    hub.push(s, b"a")
+    tick(loop)
+    assert s.overflows == []
+    s.t.buffered = 250
+    hub.push(s, b"b")
+    tick(loop)
+    s.t.buffered = 300
+    hub.push(s, b"c")
+    tick(loop)
+    assert s.overflows == [250, 300]
