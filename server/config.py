@@ -110,6 +110,15 @@ class Config:
                                  "are paused (back-pressure)")
     bus_max_queue: int = option(64 << 20, "bus", "bytes waiting on the bus per peer beyond which "
                                 "publications are dropped (counted)")
+    # --- streams: history, recovery, acknowledgements ---------------------------------------------------------
+    history_size: int = option(256, "streams", "messages each room (and the broadcast stream) keeps for "
+                               "recovery; 0 keeps none (offsets are still assigned)")
+    history_ttl: float = option(300.0, "streams", "seconds a message stays in its stream's history")
+    history_max_bytes: int = option(64 << 20, "streams", "bytes of history per worker (pipe bus), all streams "
+                                    "together; beyond it the least recently published streams lose their "
+                                    "oldest messages first")
+    dedup_window: float = option(60.0, "streams", "seconds a resend with the same id from the same session "
+                                 "is recognised (and acknowledged again without publishing twice)")
     # --- security and limits (all off by default) --------------------------------------------------------
     certfile: str | None = option(None, "security", "PEM certificate chain: serve wss:// (with --keyfile)",
                                   parse_optional, shown_default="off")
@@ -145,7 +154,7 @@ class Config:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
         for name in ("max_message_size", "max_queue", "max_rooms", "backlog", "max_fragments", "frame_budget",
-                     "bus_high_water", "bus_max_queue"):
+                     "bus_high_water", "bus_max_queue", "history_max_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         for name in ("ping_interval", "ping_timeout", "close_timeout", "shutdown_timeout", "stats_timeout",
@@ -157,16 +166,22 @@ class Config:
         for name in ("rate_limit", "rate_limit_bytes", "max_conns_per_ip", "max_conns"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = off)")
+        if self.history_size < 0:
+            raise ConfigError("history_size must be >= 0 (0 = no history)")
+        for name in ("history_ttl", "dedup_window"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 seconds")
         if self.rate_burst <= 0:
             raise ConfigError("rate_burst must be > 0 seconds")
         if self.auth_secret is not None and len(self.auth_secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigError(f"the auth secret must be at least {MIN_SECRET_BYTES} bytes (HS256, RFC 7518 3.2);"
                               " make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
-    def bus_settings(self, node: str, worker_id: int, endpoint: int = 0) -> BusSettings:
+    def bus_settings(self, node: str, worker_id: int, endpoint: int = 0, takeover: bool = False) -> BusSettings:
         """What the bus of one worker needs of the options."""
         return BusSettings(node, worker_id, endpoint, self.redis_url, self.max_message_size, self.bus_high_water,
-                           self.bus_max_queue)
+                           self.bus_max_queue, self.worker_count, takeover, self.history_size, self.history_ttl,
+                           self.history_max_bytes, self.dedup_window)
 
     @property
     def worker_count(self) -> int:
@@ -186,6 +201,7 @@ class Config:
 
 GROUPS: Final = {"where": "where and how many", "messages": "messages and connections",
                  "timing": "heartbeats and timeouts", "bus": "bus (workers and nodes)",
+                 "streams": "streams: history, recovery, acknowledgements",
                  "security": "security and limits (all off by default)", "logging": "logging"}
 
 

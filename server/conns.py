@@ -18,10 +18,19 @@ from .connection import Conn, Limits
 from .errors import HttpError
 from .hub import Hub
 from .metrics import Metrics
-from .protocol import ALLOW_ALL, DEFAULT_ROOM, Policy, error_msg, welcome_msg
+from .protocol import (
+    ALLOW_ALL,
+    DEFAULT_ROOM,
+    Policy,
+    error_msg,
+    new_session_token,
+    valid_session_token,
+    welcome_msg,
+)
 from .security.admission import Gate, Refusal
 from .security.iptable import IpTable
 from .security.ratelimit import KICK, RateLimiter
+from .streams import BROADCAST
 
 if TYPE_CHECKING:
     from .http.request import HttpRequest
@@ -109,12 +118,15 @@ class ConnHost:
         if self.ip_table is not None:
             self.ip_table.add(conn.peer_ip, -1)
         if conn in self.hub.conns:
-            self.hub.remove(conn, conn.rooms)
+            self.hub.remove(conn, conn.streams())
             self.metrics.inc(self.metrics.closed, conn.close_code())
 
     # --- admission and opening ------------------------------------------------------------------------------
 
     def admit(self, conn: Conn, request: HttpRequest) -> HttpError | None:
+        token = request.query.get("session")
+        if token is not None and not valid_session_token(token):
+            return HttpError(400, "malformed 'session': 16 to 64 characters of A-Z a-z 0-9 _ -", "bad_request")
         if not self.gated:
             return None
         origin = request.header_all("origin")
@@ -129,10 +141,13 @@ class ConnHost:
             return None
         return HttpError(refusal.status, refusal.detail, refusal.reason, refusal.headers)
 
-    def open(self, conn: Conn) -> None:
+    def open(self, conn: Conn, request: HttpRequest) -> None:
+        """The WebSocket is open: make it a client (see the module docstring)."""
         self.handshaking.discard(conn)
         self.client_seq += 1
         conn.client_id = f"{self.worker_id}-{self.client_seq:x}"
+        query = request.query
+        conn.session_token = query.get("session") or new_session_token()
         grant = conn.grant
         if grant is not None:  # auth is on: the token decides the name and the rooms
             from .security.auth import GrantPolicy
@@ -142,14 +157,19 @@ class ConnHost:
             conn.user_fixed = True
             if not grant.may_use(DEFAULT_ROOM):
                 conn.rooms = []
+        autojoin: list[str] | None = None
+        if query.get("autojoin") == "0":  # the client joins its streams itself (with since: recovery)
+            autojoin = [BROADCAST, *conn.rooms]
+            conn.rooms = []
+            conn.broadcasts = False
         if self.rate_limited:
             cfg = self.cfg
             conn.rl = RateLimiter(cfg.rate_limit, cfg.rate_limit_bytes, cfg.rate_burst, conn.opened_at)
         self.metrics.opened += 1
-        self.hub.add(conn, conn.rooms)
+        self.hub.add(conn, conn.streams())
         if self.cfg.mode != "echo":
             welcome = welcome_msg(conn, self.worker_id, self.node, int(time.time() * 1000),
-                                  self.cfg.ping_interval, self.cfg.max_message_size)
+                                  self.cfg.ping_interval, self.cfg.max_message_size, autojoin)
             if grant is not None:
                 welcome["user"] = grant.user
             self.messaging.reply(conn, welcome)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .protocol import (
+    Join,
     Publish,
     QueryStats,
     Reply,
-    Subscribe,
     Unsubscribe,
     handle_payload,
 )
@@ -39,7 +39,7 @@ class MessageSink(Protocol):
 
     def publish(self, conn: Conn, action: Publish) -> None: ...
 
-    def subscribe(self, conn: Conn, room: str) -> None: ...
+    def join(self, conn: Conn, join: Join) -> None: ...
 
     def unsubscribe(self, conn: Conn, room: str) -> None: ...
 
@@ -79,8 +79,8 @@ def chat_handler(sink: MessageSink) -> Handler:
                     reply(conn, msg)
                 case Publish():
                     sink.publish(conn, action)
-                case Subscribe(room=room):
-                    sink.subscribe(conn, room)
+                case Join():
+                    sink.join(conn, action)
                 case Unsubscribe(room=room):
                     sink.unsubscribe(conn, room)
                 case QueryStats():

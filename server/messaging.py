@@ -19,10 +19,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import metrics
 from .bus import Bus, Publication, cluster
+from .bus.base import Outcome, Submission
 from .hub import Hub
 from .metrics import Metrics
-from .protocol import Publish, QueryStats, error_msg
+from .protocol import Join, Publish, QueryStats, ack_msg, error_msg, joined_msg
 from .stats import StatsQuery, merge_rooms, room_counts, stats_reply
+from .streams import BROADCAST
+from .streams.stamp import position
+from .streams.stitch import Stitch
+from .streams.table import Replay
 
 if TYPE_CHECKING:
     from .connection import Conn
@@ -76,12 +81,30 @@ class Gatherer:
             self.running = False
 
 
+class _PendingJoin:
+    __slots__ = ("conn", "join", "stitch")
+
+    def __init__(self, conn: Conn, join: Join) -> None:
+        self.conn = conn
+        self.join = join
+        self.stitch = Stitch(join.since)
+
+
+def _mtype(payload: bytes) -> str:
+    """The ``type`` of a stamped JSON payload (our own encoding puts it right after the position)."""
+    i = payload.find(b'"type":"')
+    if i < 0:
+        return "publication"
+    j = payload.find(b'"', i + 8)
+    return payload[i + 8 : j].decode(errors="replace") if 0 < j - i - 8 <= 16 else "publication"
+
+
 class Messaging:
     """The worker's messaging: the handlers' :class:`~server.handlers.MessageSink`, the bus's handler."""
 
     def __init__(self, hub: Hub[Conn], bus: Bus, metrics: Metrics, *, worker_id: int, node: str,
                  max_rooms: int, stats_timeout: float, worker_count: int, cluster_bus: bool,
-                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], None], max_stitch: int = 1 << 20) -> None:
         self.hub = hub
         self.bus = bus
         self.metrics = metrics
@@ -96,6 +119,8 @@ class Messaging:
         self.started = time.monotonic()
         self.gatherer = Gatherer(bus, self.stats_snapshot, stats_timeout)
         self.pending_stats: dict[Conn, int] = {}
+        self.pending_joins: dict[str, list[_PendingJoin]] = {}  # stream -> joins waiting for its position
+        self.max_stitch = max_stitch
         self.count_in = metrics.count_in
         self.count_out = metrics.count_out
 
@@ -117,19 +142,84 @@ class Messaging:
             m.inc(m.errors, msg["code"])
 
     def publish(self, conn: Conn, action: Publish) -> None:
-        room = action.room
+        """Submit to the stream's sequencer; the message reaches this worker's receivers (the sender
+        included) through :meth:`on_publication`, like every other worker's."""
         m = self.metrics
-        m.inc(m.publishes, "room" if room is not None else "all")
-        self.hub.deliver(room, action.payload, action.msg["type"])
+        m.inc(m.publishes, "room" if action.room is not None else "all")
+        mid = action.id
+        sub = Submission(action.stream, action.room, action.payload, action.msg["ts"],
+                         conn.identity if mid is not None else None, mid)
         bus = self.bus
-        bus.publish(Publication(room, action.payload, action.msg["ts"], self.origin))
+        bus.submit(sub, lambda outcome: self._published(conn, action, outcome))
         if bus.congested() and not conn.held:
             conn.hold()  # back-pressure: this publisher waits for the bus, nobody loses a message
-            self.metrics.inc(self.metrics.held, "bus")
+            m.inc(m.held, "bus")
             bus.on_drained(conn.release)
 
-    def subscribe(self, conn: Conn, room: str) -> None:
-        self.hub.subscribe(conn, room)
+    def _published(self, conn: Conn, action: Publish, outcome: Outcome) -> None:
+        if outcome.error is not None:
+            m = self.metrics
+            m.inc(m.dropped, outcome.error)
+            detail = ("the stream's sequencer is gone: the message was not published; send it again"
+                      if outcome.error == "unavailable" else "the message was not published")
+            self.reply(conn, error_msg(outcome.error, detail, action.id))
+        elif action.id is not None:
+            self.reply(conn, ack_msg(action.stream, outcome.offset, outcome.epoch, outcome.duplicate, action.id))
+
+    def join(self, conn: Conn, join: Join) -> None:
+        """Fetch the stream's position (and what was missed); until then the connection gets none of the
+        stream's live messages directly: they are kept in the join's stitch (see :meth:`on_publication`)."""
+        pending = _PendingJoin(conn, join)
+        if not join.already:
+            self.pending_joins.setdefault(join.stream, []).append(pending)
+        self.bus.history(join.stream, join.since if not join.already else None,
+                         lambda result: self._joined(pending, result))
+
+    def _joined(self, pending: _PendingJoin, result: Replay | str) -> None:
+        conn, join = pending.conn, pending.join
+        waiting = self.pending_joins.get(join.stream)
+        if waiting is not None and pending in waiting:
+            waiting.remove(pending)
+            if not waiting:
+                del self.pending_joins[join.stream]
+        if conn.close_reason is not None or conn not in self.hub.conns:
+            return
+        if isinstance(result, str):  # bad_since, unavailable: the join did not happen
+            if not join.already:
+                if join.stream == BROADCAST:
+                    conn.broadcasts = False
+                elif conn.system and join.stream in conn.system:
+                    conn.system.discard(join.stream)
+                elif join.stream in conn.rooms:
+                    conn.rooms.remove(join.stream)
+            detail = ("'since' is ahead of the stream's latest offset in that epoch" if result == "bad_since"
+                      else "the stream's sequencer is gone: join again")
+            self.reply(conn, error_msg(result, detail, join.id))
+            return
+        if join.already:
+            self.reply(conn, joined_msg(conn, join, result.epoch, result.latest, None, 0))
+            return
+        messages, _, recovered = pending.stitch.finish(result.epoch, result.latest, result.messages,
+                                                       result.recovered)
+        replayed = 0
+        for payload in messages:
+            pos = position(payload)
+            if pos is not None and pos[0] <= result.latest:
+                self._send_one(conn, payload)
+                replayed += 1
+        self.reply(conn, joined_msg(conn, join, result.epoch, result.latest, recovered, replayed))
+        for payload in messages[replayed:]:  # live ones, after the answer
+            self._send_one(conn, payload)
+        self.hub.subscribe(conn, join.stream)
+
+    def _send_one(self, conn: Conn, payload: bytes) -> None:
+        """One stamped message (replayed or stitched) to one connection, in its codec."""
+        codec = conn.codec
+        body = codec.from_json(payload)
+        conn.send_message(body, codec.text)
+        conn.msgs_out += 1
+        conn.bytes_out += len(body)
+        self.metrics.count_out(_mtype(payload), 1, len(body))
 
     def unsubscribe(self, conn: Conn, room: str) -> None:
         self.hub.unsubscribe(conn, room)
@@ -169,13 +259,22 @@ class Messaging:
     # --- the bus's handler ----------------------------------------------------------------------------------
 
     def on_publication(self, pub: Publication) -> None:
-        self.hub.deliver(pub.room, pub.payload, "chat" if pub.room is not None else "broadcast")
+        stream = pub.room if pub.room is not None else BROADCAST
+        if self.pending_joins:
+            waiting = self.pending_joins.get(stream)
+            if waiting:
+                for pending in waiting:
+                    pending.stitch.add_live(pub.payload)
+                    if pending.stitch.size > self.max_stitch:
+                        pending.conn.overflow(pending.stitch.size)
+        self.hub.deliver(stream, pub.payload, _mtype(pub.payload))
 
     def stats_snapshot(self, query: StatsQuery | None = None) -> dict[str, Any]:
         m = self.metrics
         hub = self.hub
         uptime = round(time.monotonic() - self.started, 3)
         nconns = len(hub.conns)
+        nrooms = sum(1 for r in hub.rooms if not r.startswith("$"))  # the server's own streams are no rooms
         return {
             "id": self.worker_id,
             "pid": self.pid,
@@ -183,10 +282,10 @@ class Messaging:
             "clients": nconns,
             "messages_in": m.total_in(),
             "messages_out": m.total_out(),
-            "room_count": len(hub.rooms),
+            "room_count": nrooms,
             "room_counts": room_counts(hub.rooms, query),
             "uptime_s": uptime,
-            "metrics": m.snapshot(nconns, len(hub.rooms), self.worker_id, uptime, self.bus.healthy()),
+            "metrics": m.snapshot(nconns, nrooms, self.worker_id, uptime, self.bus.healthy()),
         }
 
     async def metrics_text(self) -> str:

@@ -49,7 +49,8 @@ def room_counts(rooms: Mapping[str, Any], query: StatsQuery | None) -> dict[str,
     if query is None:
         return {}
     if query.all_rooms:
-        largest = sorted(rooms.items(), key=lambda kv: -len(kv[1]))[:MAX_LISTED_ROOMS]
+        public = ((r, m) for r, m in rooms.items() if not r.startswith("$"))  # not the server's own streams
+        largest = sorted(public, key=lambda kv: -len(kv[1]))[:MAX_LISTED_ROOMS]
         return {r: len(m) for r, m in largest}
     out = {}
     for r in query.rooms:

@@ -156,7 +156,9 @@ class Supervisor:
 
     # --- workers ------------------------------------------------------------------------------------
 
-    def spawn(self, slot: int, endpoint: int) -> WorkerProc:
+    def spawn(self, slot: int, endpoint: int, takeover: bool = False) -> WorkerProc:
+        """Fork the worker of ``slot`` on bus ``endpoint``; ``takeover``: a live predecessor hands its streams
+        over to it (a rolling restart)."""
         r, w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -176,7 +178,8 @@ class Supervisor:
                     if ep != endpoint:
                         for s in socks.values():
                             s.close()
-                code = worker_main(self.cfg, slot, endpoint, self.mesh[endpoint], w, self.node, self.ip_table)
+                code = worker_main(self.cfg, slot, endpoint, self.mesh[endpoint], w, self.node, self.ip_table,
+                                   takeover)
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -317,7 +320,7 @@ class Supervisor:
         endpoint = self.free_endpoints.pop()
         if old is not None:
             self.replacing[slot] = old
-        self.spawn(slot, endpoint)
+        self.spawn(slot, endpoint, takeover=old is not None)
 
     def _check_workers(self) -> None:
         now = time.monotonic()

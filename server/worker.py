@@ -104,8 +104,8 @@ class Worker:
     def admit(self, conn: Conn, request: Any) -> Any:
         return self.host.admit(conn, request)
 
-    def open(self, conn: Conn) -> None:
-        self.host.open(conn)
+    def open(self, conn: Conn, request: Any) -> None:
+        self.host.open(conn, request)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -129,11 +129,16 @@ class Worker:
                        self.cfg.mode, self.bus.name)
         self._status(b"R")
         self.heartbeat = Heartbeat(loop, self.hub.conns, self.metrics, self.cfg.ping_interval,
-                                   self.cfg.ping_timeout, bool(self.cfg.auth_secret), self.host.sweep_tls)
+                                   self.cfg.ping_timeout, bool(self.cfg.auth_secret), self._periodic)
         self.heartbeat.start()
         loop.call_later(0.5, self._liveness)
         await self._stopped
         await self._shutdown()
+
+    def _periodic(self, now: float) -> None:
+        """Upkeep on each heartbeat tick: TLS handshakes that never completed, the bus's history and dedup."""
+        self.host.sweep_tls(now)
+        self.bus.prune(now)
 
     def stop(self, code: int = 1001) -> None:
         if self._stopped is not None and not self._stopped.done():
@@ -144,6 +149,11 @@ class Worker:
         host = self.host
         code = host.stop_code
         host.stopping = "restart" if code == 1012 else "shutdown"
+        if code == 1012:  # a rolling restart: the streams this worker sequences go to its successor first
+            try:
+                await self.bus.hand_over()
+            except Exception:
+                log.exception("worker %d: handing its streams over failed; they will start new epochs", self.id)
         reason = "server restarting" if code == 1012 else "server shutting down"
         if self._server is not None:
             # Closing a SO_REUSEPORT listener resets what its accept queue holds, unless the kernel
@@ -211,7 +221,7 @@ class Worker:
 
 
 def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int, socket.socket],
-                status_fd: int | None, node: str, ip_table: IpTable | None = None) -> int:
+                status_fd: int | None, node: str, ip_table: IpTable | None = None, takeover: bool = False) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     from .logs import setup_logging
 
@@ -225,7 +235,7 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
                             status_fd)
     m = Metrics()
     try:
-        bus = buses.make(cfg.bus, cfg.bus_settings(node, worker_id, endpoint), bus_socks, m)
+        bus = buses.make(cfg.bus, cfg.bus_settings(node, worker_id, endpoint, takeover), bus_socks, m)
         if ip_table is not None:
             ip_table.bind(endpoint)
         worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table)

@@ -1,8 +1,15 @@
-"""The bus interface: how a worker's publications reach the other workers (and, later, other nodes).
+"""The bus interface: how a worker's publications are sequenced and reach every worker (and node).
 
 One interface, several implementations behind the ``bus`` short name: ``pipe`` (:mod:`.pipebus`, the
 default, one machine) and ``redis`` (many machines). A bus never reaches into the hub: it pushes what
 arrives into the :class:`BusHandler` it was started with, from the worker's event loop.
+
+Every publication belongs to a *stream* (a room, or ``$broadcast``) and is *sequenced*: given the stream's
+next offset and its epoch, stamped into its payload (:mod:`server.streams.stamp`), kept in the stream's
+history, and delivered to every worker - the one that submitted it included - through
+:meth:`BusHandler.on_publication`, in offset order. Who sequences is the bus's business (on the pipe bus,
+the stream's owner worker; on the Redis bus, a Lua script in Redis); the worker only submits, and learns
+the outcome (for the publisher's ack) through a callback.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..stats import StatsQuery
+    from ..streams.table import Replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +36,43 @@ class BusSettings:
     max_message_size: int = 1 << 20
     high_water: int = 4 << 20  # bytes waiting above which publishers are held (back-pressure)
     max_queue: int = 64 << 20  # bytes waiting per peer beyond which publications are dropped (counted)
+    workers: int = 1  # workers of this node (the pipe bus spreads stream ownership over them)
+    takeover: bool = False  # a rolling restart's new worker: its slot's streams are handed over to it
+    history_size: int = 256
+    history_ttl: float = 300.0
+    history_max_bytes: int = 64 << 20
+    dedup_window: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A message to sequence in ``stream``. ``room`` is where it is delivered (None: everyone, for the
+    ``$broadcast`` stream); ``payload`` is the message encoded as JSON, not stamped yet. ``identity`` and
+    ``msg_id`` (both or neither) make a resend within the dedup window a duplicate."""
+
+    stream: str
+    room: str | None
+    payload: bytes
+    ts_ms: int
+    identity: str | None = None
+    msg_id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a submission: its position, or an ``error`` code (``unavailable``: resend it)."""
+
+    offset: int = 0
+    epoch: str = ""
+    duplicate: bool = False
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """A chat (``room`` set) or broadcast (``room is None``) on its way to other workers.
-
-    ``payload`` is the outgoing message already encoded as JSON, the bus's canonical form: JSON receivers
-    get it unchanged, msgpack receivers get it re-encoded once per receiving worker.
-    """
+    """A sequenced message on its way to this worker's receivers: ``payload`` is stamped JSON (the bus's
+    canonical form: JSON receivers get it unchanged, msgpack receivers get it re-encoded once per worker).
+    ``room`` None means everyone (the ``$broadcast`` stream)."""
 
     room: str | None
     payload: bytes
@@ -44,8 +80,12 @@ class Publication:
     origin: str = ""
 
 
+Done = Callable[[Outcome], None]
+ReplayDone = Callable[["Replay | str"], None]  # a Replay, or an error code ("bad_since", "unavailable")
+
+
 class BusHandler(Protocol):
-    """What a bus pushes into: the worker's hub."""
+    """What a bus pushes into: the worker's messaging."""
 
     def on_publication(self, pub: Publication) -> None: ...
 
@@ -53,7 +93,7 @@ class BusHandler(Protocol):
 
 
 class Bus(abc.ABC):
-    """Carries publications between workers; gathers stats from them."""
+    """Sequences publications and carries them between workers; answers history; gathers stats."""
 
     name: str = "bus"
 
@@ -62,8 +102,15 @@ class Bus(abc.ABC):
         """Begin delivering incoming publications to ``handler``."""
 
     @abc.abstractmethod
-    def publish(self, pub: Publication) -> None:
-        """Send to every other worker. Never blocks and never raises: what cannot be sent is counted."""
+    def submit(self, sub: Submission, done: Done) -> None:
+        """Sequence ``sub`` and deliver it everywhere; call ``done`` once with the outcome. Never blocks and
+        never raises: what cannot be sequenced ends in an ``Outcome`` with an error, and is counted."""
+
+    @abc.abstractmethod
+    def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        """The stream's position and, with ``since``, the messages after it (see Replay); ``done`` is called
+        once. Live messages of the stream that reach this worker after ``done`` all come after the
+        replay's ``latest``; earlier ones may be in the replay too (stitch them by offset)."""
 
     @abc.abstractmethod
     async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
@@ -73,6 +120,10 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Say goodbye to the peers, flush what can be flushed without blocking, release resources."""
+
+    async def hand_over(self) -> None:  # noqa: B027  (optional: only a bus that owns streams has work here)
+        """Before a rolling restart's old worker closes its clients: hand the streams it sequences to its
+        successor, so that nothing of their history is lost."""
 
     def room_members(self, room: str, count: int) -> None:  # noqa: B027  (optional hook, no-op by default)
         """The hub's news: ``room`` now has ``count`` members on this worker (0: none left).
@@ -103,3 +154,6 @@ class Bus(abc.ABC):
     def peer_count(self) -> int:
         """How many peers are currently known to be alive."""
         return 0
+
+    def prune(self, now: float) -> None:  # noqa: B027  (optional periodic upkeep)
+        """Periodic upkeep (history age, dedup window), called by the worker's heartbeat tick."""

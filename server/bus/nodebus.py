@@ -1,9 +1,14 @@
-"""NodeBus: one worker's bus in a cluster, the pipe bus inside the node composed with the Redis bus across.
+"""NodeBus: one worker's bus in a cluster: Redis sequences and carries every stream; the pipe bus keeps
+the node's workers in touch, and each stream's owner worker decides where its streams are sequenced.
 
-A publication goes to both: the pipe bus carries it to the other workers of this node, the Redis bus to
-the other nodes. Nothing is delivered twice: the pipe bus never leaves the node, and the Redis bus drops
-what its own node published. Workers of one node never depend on Redis to reach each other, so when Redis
-is down the node keeps serving its local traffic and only the cross-node part is lost (and counted).
+A submission goes to the stream's owner worker over the pipe bus (:mod:`.pipestreams`): while the owner
+reaches Redis it runs Redis's sequencing script (every worker of every node then gets the message from
+its own Redis subscription); while it does not, the owner sequences the stream itself, with epochs of its
+own, and the node keeps serving its clients (cross-node traffic is lost meanwhile, and counted). When
+Redis is back, the streams sequenced locally get new epochs in Redis, so a client that recovers from a
+position taken before or during the outage learns ``recovered: false`` instead of missing messages
+silently. Each worker takes a stream's messages from one source at a time (the owner's switch is
+acknowledged by every worker of the node first), so two sequencers are never interleaved.
 
 Every worker keeps its own Redis subscription (rather than one worker relaying for its node): see
 docs/cluster.md for the measurements behind that choice.
@@ -12,32 +17,50 @@ docs/cluster.md for the measurements behind that choice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from ..metrics import Metrics
 from ..stats import StatsQuery
-from .base import Bus, BusHandler, BusSettings, Publication
+from .base import Bus, BusHandler, BusSettings, Done, ReplayDone, Submission
+from .pipebus import PipeBus
+from .redisbus import RedisBus
+
+log = logging.getLogger("fanwire.bus")
+
+
+class _FromRedis:
+    """What the Redis bus pushes into: the pipe bus's streams layer decides what is delivered (see
+    :meth:`.pipestreams.PipeStreams.on_remote`)."""
+
+    def __init__(self, local: PipeBus, handler: BusHandler) -> None:
+        self.on_publication = local.streams.on_remote
+        self.stats_snapshot = handler.stats_snapshot
 
 
 class NodeBus(Bus):
-    """A cluster worker's bus: ``local`` (the pipe bus, this node's workers) composed with ``remote`` (the
-    Redis bus, the other nodes); see the module docstring."""
+    """A cluster worker's bus: ``local`` (the pipe bus: this node's workers, and each slot's owner, which
+    has its streams sequenced by Redis or, while Redis is unreachable, itself) and ``remote`` (the Redis
+    bus: the cluster); see the module docstring."""
 
     name = "redis"
 
-    def __init__(self, local: Bus, remote: Bus) -> None:
+    def __init__(self, local: PipeBus, remote: RedisBus) -> None:
         self.local = local
         self.remote = remote
 
     async def start(self, handler: BusHandler) -> None:
+        self.local.streams.handler = handler
+        await self.remote.start(_FromRedis(self.local, handler))
         await self.local.start(handler)
-        await self.remote.start(handler)
 
-    def publish(self, pub: Publication) -> None:
-        self.local.publish(pub)
-        self.remote.publish(pub)
+    def submit(self, sub: Submission, done: Done) -> None:
+        self.local.submit(sub, done)  # to the slot's owner, which knows where to sequence it
+
+    def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        self.local.history(stream, since, done)
 
     def room_members(self, room: str, count: int) -> None:
         self.local.room_members(room, count)
@@ -49,12 +72,17 @@ class NodeBus(Bus):
                                              self.remote.gather_stats(timeout, query))
         return local + remote
 
+    async def hand_over(self) -> None:
+        await self.local.hand_over()
+
     async def close(self) -> None:
         try:
-            with contextlib.suppress(Exception):
-                await self.remote.close()
+            await self.remote.close()
         finally:
             await self.local.close()
+
+    def prune(self, now: float) -> None:
+        self.local.prune(now)
 
     def congested(self) -> bool:
         return self.local.congested() or self.remote.congested()
@@ -77,12 +105,20 @@ class NodeBus(Bus):
         return self.local.peer_count() + self.remote.peer_count()
 
 
-def cluster_bus(settings: BusSettings, pipe: Bus, metrics: Metrics) -> Bus:
+def cluster_bus(settings: BusSettings, socks: dict[int, socket.socket], metrics: Metrics) -> Bus:
     """The bus of a worker started with ``--bus redis``: its pipe bus composed with a Redis bus."""
     from ..protocol import DEFAULT_ROOM
-    from .redisbus import RedisBus
+    from ..streams.table import StreamTable
 
     # a payload is the client's message re-encoded as JSON plus a few fields: allow ample room
     max_payload = max(16 << 20, 8 * settings.max_message_size)
-    return NodeBus(pipe, RedisBus(settings.redis_url, settings.node, settings.worker_id, metrics,
-                                  max_payload=max_payload, max_envelope=max_payload * 4, always=(DEFAULT_ROOM,)))
+    remote = RedisBus(settings.redis_url, settings.node, settings.worker_id, metrics, max_payload=max_payload,
+                      max_envelope=max_payload * 4, always=(DEFAULT_ROOM,), history_size=settings.history_size,
+                      history_ttl=settings.history_ttl, dedup_window=settings.dedup_window)
+    table = StreamTable(settings.history_size, settings.history_ttl, settings.history_max_bytes,
+                        settings.dedup_window)
+    local = PipeBus(settings.endpoint, settings.worker_id, socks, metrics, max_queue=settings.max_queue,
+                    high_water=settings.high_water, low_water=settings.high_water // 4, workers=settings.workers,
+                    takeover=settings.takeover, table=table, max_batch=max(64 << 20, 2 * settings.history_max_bytes),
+                    remote=remote)
+    return NodeBus(local, remote)

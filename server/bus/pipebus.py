@@ -36,8 +36,10 @@ import msgpack
 from ..errors import BusFrameError
 from ..metrics import Metrics
 from ..stats import StatsQuery
+from ..streams.table import StreamTable
 from . import pipeframe as bf
-from .base import Bus, BusHandler, Publication
+from .base import Bus, BusHandler, Done, ReplayDone, Submission
+from .pipestreams import PipeStreams, Remote
 
 log = logging.getLogger("fanwire.bus")
 
@@ -94,7 +96,8 @@ class PipeBus(Bus):
     def __init__(self, endpoint: int, worker_id: int, socks: dict[int, socket.socket], metrics: Metrics, *,
                  max_queue: int = 64 << 20, max_batch: int = 64 << 20, heartbeat_s: float = 0.5,
                  peer_timeout_s: float = 5.0, boot_ts_ms: int | None = None, high_water: int = 4 << 20,
-                 low_water: int = 1 << 20) -> None:
+                 low_water: int = 1 << 20, workers: int = 1, takeover: bool = False,
+                 table: StreamTable | None = None, remote: Remote | None = None) -> None:
         self.endpoint = endpoint
         self.worker_id = worker_id
         self.metrics = metrics
@@ -115,16 +118,21 @@ class PipeBus(Bus):
         self._stats_ids = itertools.count(1)
         self._stats_waits: dict[int, tuple[asyncio.Future[None], list[dict[str, Any]], int]] = {}
         self._closed = False
+        self.streams = PipeStreams(self, worker_id, workers, table or StreamTable(), takeover=takeover,
+                                   remote=remote)
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self, handler: BusHandler) -> None:
         self._handler = handler
+        self.streams.handler = handler
+        self.streams.start()
         loop = self._loop = asyncio.get_running_loop()
         for peer in self.peers.values():
             peer.sock.setblocking(False)
             loop.add_reader(peer.sock.fileno(), self._on_readable, peer)
-        hello = bf.record(bf.HELLO, self.endpoint, self._now_ms(), bf.hello_body(self.worker_id, _getpid()))
+        hello = bf.record(bf.HELLO, self.endpoint, self._now_ms(),
+                          bf.hello_body(self.worker_id, _getpid(), self.streams.hello_flags()))
         for peer in self.peers.values():
             self._send_records(peer, [hello])  # to every endpoint: whoever is there learns of us
         self._timer = loop.call_later(self.heartbeat_s, self._tick)
@@ -156,15 +164,38 @@ class PipeBus(Bus):
 
     # --- sending ------------------------------------------------------------------------------------
 
-    def publish(self, pub: Publication) -> None:
-        try:
-            rec = bf.record(bf.PUBLISH, self.endpoint, pub.ts_ms, bf.publish_body(pub.room, pub.payload))
-        except BusFrameError:
-            self.metrics.inc(self.metrics.bus_dropped, "bad_frame")
+    def submit(self, sub: Submission, done: Done) -> None:
+        self.streams.submit(sub, done)
+
+    def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        self.streams.history(stream, since, done)
+
+    async def hand_over(self) -> None:
+        await self.streams.hand_over()
+
+    def prune(self, now: float) -> None:
+        self.streams.table.prune(now)
+        self.streams.expire(now)
+
+    # --- the transport the streams layer uses ------------------------------------------------------------
+
+    def send(self, endpoint: int, kind: int, body: bytes, force: bool = False) -> None:
+        peer = self.peers.get(endpoint)
+        if peer is None or not peer.alive:
+            self.metrics.inc(self.metrics.bus_dropped, "peer_gone")
             return
-        for peer in self.peers.values():
-            if peer.alive:
-                self._enqueue(peer, rec)
+        rec = bf.record(kind, self.endpoint, self._now_ms(), body)
+        if force:  # a hand-over: bigger than the queue limit, and worth it
+            self._send_records(peer, [rec], force=True)
+        else:
+            self._enqueue(peer, rec)
+
+    def live_endpoints(self) -> list[int]:
+        return [p.endpoint for p in self.peers.values() if p.alive]
+
+    def slot_of(self, endpoint: int) -> int:
+        peer = self.peers.get(endpoint)
+        return peer.worker if peer is not None else -1
 
     def congested(self) -> bool:
         return self._pending_bytes + self._backlog > self.high_water
@@ -199,10 +230,10 @@ class PipeBus(Bus):
         if self._drained and self._backlog < self.low_water:
             self._release()
 
-    def _send_records(self, peer: _Peer, records: list[bytes]) -> None:
+    def _send_records(self, peer: _Peer, records: list[bytes], force: bool = False) -> None:
         m = self.metrics
         size = sum(len(r) for r in records)
-        if peer.queued + size > self.max_queue:
+        if peer.queued + size > self.max_queue and not force:
             m.inc(m.bus_dropped, "queue_full", len(records))
             return
         m.bus_frames_out += len(records)
@@ -255,6 +286,7 @@ class PipeBus(Bus):
 
     def _forget(self, peer: _Peer) -> None:
         """The peer is gone: what was queued for it has nobody to reach."""
+        was_alive = peer.alive
         peer.alive = False
         self._backlog -= peer.queued
         peer.queue.clear()
@@ -264,6 +296,8 @@ class PipeBus(Bus):
             self._loop.remove_writer(peer.sock.fileno())
         if self._drained and self._backlog < self.low_water:
             self._release()
+        if was_alive:
+            self.streams.peer_gone(peer.endpoint)
 
     # --- receiving ----------------------------------------------------------------------------------
 
@@ -296,9 +330,9 @@ class PipeBus(Bus):
                 self._on_record(peer, rec)
 
     def _drop_reader(self, peer: _Peer) -> None:
-        peer.alive = False
         if self._loop is not None:
             self._loop.remove_reader(peer.sock.fileno())
+        self._forget(peer)
 
     def _on_record(self, peer: _Peer, rec: bytes) -> None:
         m = self.metrics
@@ -312,28 +346,28 @@ class PipeBus(Bus):
         if ts < self.boot_ts_ms:
             # left in the socket by a predecessor (or a liveness record that raced our boot: the peer
             # answers our own HELLO anyway); only a lost message counts as a drop
-            if kind == bf.PUBLISH:
+            if kind in (bf.PUBLISH, bf.SEQ, bf.SUBMIT):
                 m.inc(m.bus_dropped, "stale")
             return
         peer.last_seen = time.monotonic()
         peer.silent = False
         handler = self._handler
         try:
-            if kind == bf.PUBLISH:
-                room, payload = bf.parse_publish(body)
-                if handler is not None:
-                    handler.on_publication(Publication(room, payload, ts, str(peer.worker)))
+            if kind >= bf.SEQ:
+                self.streams.on_record(peer.endpoint, kind, body, ts)
             elif kind == bf.HEARTBEAT:
                 peer.alive = True
             elif kind == bf.HELLO:
-                peer.worker, peer.pid = bf.parse_hello(body)
+                peer.worker, peer.pid, flags = bf.parse_hello(body)
                 peer.alive = True
                 # answer at once so the newcomer learns of us before its first client arrives
                 self._enqueue(peer, bf.record(bf.HELLO_ACK, self.endpoint, self._now_ms(),
-                                              bf.hello_body(self.worker_id, _getpid())))
+                                              bf.hello_body(self.worker_id, _getpid(), self.streams.hello_flags())))
+                self.streams.peer_up(peer.endpoint, peer.worker, flags)
             elif kind == bf.HELLO_ACK:
-                peer.worker, peer.pid = bf.parse_hello(body)
+                peer.worker, peer.pid, flags = bf.parse_hello(body)
                 peer.alive = True
+                self.streams.peer_up(peer.endpoint, peer.worker, flags)
             elif kind == bf.BYE:
                 self._forget(peer)
             elif kind == bf.STATS_REQ:

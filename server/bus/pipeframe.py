@@ -14,19 +14,34 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
+
+import msgpack
 
 from ..errors import BusFrameError
 
 # record kinds
-HELLO: Final = 1  # body: u16 worker | u32 pid
+HELLO: Final = 1  # body: u16 worker | u32 pid | u8 flags (OWNER: it sequences its slot's streams)
 BYE: Final = 2
 HEARTBEAT: Final = 3
-PUBLISH: Final = 4  # body: u16 room length (0xFFFF = broadcast) | room | payload
-STATS_REQ: Final = 5  # body: u32 request id
+PUBLISH: Final = 4  # body: u16 room length (0xFFFF = broadcast) | room | payload (not sequenced)
+STATS_REQ: Final = 5  # body: u32 request id | msgpack query
 STATS_REP: Final = 6  # body: u32 request id | msgpack snapshot
 HELLO_ACK: Final = 7  # body: as HELLO; the answer of a live worker to a newcomer's HELLO
-KINDS: Final = frozenset((HELLO, BYE, HEARTBEAT, PUBLISH, STATS_REQ, STATS_REP, HELLO_ACK))
+# sequenced streams (see server/bus/pipestreams.py); "meta" bodies are u32 ticket | u32 n | msgpack(n) | rest
+SEQ: Final = 8  # owner -> all: u16 origin endpoint | u32 ticket | publish body (stamped payload)
+SUBMIT: Final = 9  # -> owner: meta [stream, room, ts_ms, identity, msg_id] | payload
+OUTCOME: Final = 10  # owner -> origin: meta [offset, epoch, duplicate, error]
+HIST_REQ: Final = 11  # -> owner: meta [stream, since offset, since epoch]
+HIST_REP: Final = 12  # owner -> asker: meta [error, epoch, latest, recovered, [payloads]]
+MOVING: Final = 13  # old owner -> all: meta [slot]: hold what goes to the slot, answer MOVING_ACK
+MOVING_ACK: Final = 14  # -> old owner: meta [slot]: nothing more of ours for the slot is on its way to you
+HANDOFF: Final = 15  # old owner -> successor: meta [slot, state]
+MOVED: Final = 16  # old owner -> all: meta [slot, new endpoint]
+STATE: Final = 17  # owner -> all: meta [slot, mode]: where its streams are sequenced (cluster: Redis or here)
+STATE_ACK: Final = 18  # -> owner: meta [slot, mode]: seen (nothing of the previous mode follows from us)
+KINDS: Final = frozenset(range(1, 19))
+OWNER: Final = 1  # HELLO flag
 
 FIRST: Final = 1
 LAST: Final = 2
@@ -37,6 +52,9 @@ _LEN = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _HELLO = struct.Struct("!HI")
+_HELLO2 = struct.Struct("!HIB")
+_SEQ = struct.Struct("!HI")
+NO_ORIGIN: Final = 0xFFFF
 HEAD_SIZE: Final = _HEAD.size
 
 
@@ -68,15 +86,52 @@ def parse_publish(body: bytes) -> tuple[str | None, bytes]:
     return room, body[2 + n :]
 
 
-def hello_body(worker: int, pid: int) -> bytes:
-    return _HELLO.pack(worker, pid)
+def hello_body(worker: int, pid: int, flags: int = 0) -> bytes:
+    return _HELLO2.pack(worker, pid, flags)
 
 
-def parse_hello(body: bytes) -> tuple[int, int]:
-    if len(body) != _HELLO.size:
+def parse_hello(body: bytes) -> tuple[int, int, int]:
+    """(worker, pid, flags)"""
+    if len(body) == _HELLO.size:
+        worker, pid = _HELLO.unpack(body)
+        return worker, pid, 0
+    if len(body) != _HELLO2.size:
         raise BusFrameError("bad hello record")
-    worker, pid = _HELLO.unpack(body)
-    return worker, pid
+    worker, pid, flags = _HELLO2.unpack(body)
+    return worker, pid, flags
+
+
+def seq_body(origin: int, ticket: int, room: str | None, payload: bytes) -> bytes:
+    return _SEQ.pack(origin, ticket) + publish_body(room, payload)
+
+
+def parse_seq(body: bytes) -> tuple[int, int, str | None, bytes]:
+    """(origin endpoint, ticket, room, payload)"""
+    if len(body) < _SEQ.size:
+        raise BusFrameError("short seq record")
+    origin, ticket = _SEQ.unpack_from(body)
+    room, payload = parse_publish(body[_SEQ.size :])
+    return origin, ticket, room, payload
+
+
+def meta_body(ticket: int, meta: object, rest: bytes = b"") -> bytes:
+    packed: bytes = msgpack.packb(meta, use_bin_type=True)
+    return _U32.pack(ticket) + _U32.pack(len(packed)) + packed + rest
+
+
+def parse_meta(body: bytes) -> tuple[int, Any, bytes]:
+    """(ticket, meta, rest); raises BusFrameError."""
+    if len(body) < 8:
+        raise BusFrameError("short record")
+    ticket = _U32.unpack_from(body)[0]
+    n = _U32.unpack_from(body, 4)[0]
+    if len(body) < 8 + n:
+        raise BusFrameError("record shorter than its meta")
+    try:
+        meta = msgpack.unpackb(body[8 : 8 + n], raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise BusFrameError(f"bad meta: {exc}") from None
+    return ticket, meta, body[8 + n :]
 
 
 def u32_body(value: int, rest: bytes = b"") -> bytes:

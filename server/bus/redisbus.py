@@ -1,65 +1,71 @@
-"""RedisBus: publications between *nodes* through Redis pub/sub (redis-py's asyncio client, hiredis parser).
+"""RedisBus: streams sequenced by Redis, delivered through Redis pub/sub (redis-py asyncio, hiredis parser).
 
 Every worker of every node runs one RedisBus with two Redis connections: a subscriber and a small pool for
-commands. Inside a node the pipe bus still carries worker-to-worker traffic (see :mod:`.nodebus`); this bus
-only crosses nodes, and drops what its own node published (the pipe bus already delivered it).
+commands. With the Redis bus, Redis is every stream's sequencer: a submission runs the ``SEQUENCE`` script
+(:mod:`.redisscripts`), which gives the message its offset, appends it to the stream's history (a Redis
+stream) and publishes it on the stream's channel, atomically, so every worker of every node - the one that
+submitted it included - receives each stream's messages in one order. History survives worker and node
+restarts; a Redis restart loses it, and the streams then start new epochs (clients learn it on recovery).
 
-Sending: :meth:`publish` never blocks and never raises. Publications are appended to a pending list and
-one writer task sends them: each run of consecutive publications to the same channel becomes one
-*envelope* (:mod:`.redisframe`), and all envelopes of a tick go out in one pipeline. While a pipeline is in
-flight the next batch accumulates, so batches grow with the load. A single writer keeps the send order, so
-one sender's messages reach each receiver in order. Unsent bytes are bounded (``max_queue``); what does not
-fit, and everything offered while Redis is unreachable, is dropped and counted (``fanwire_bus_dropped_total``
-with reason ``redis_queue_full`` / ``redis_down``): a node never buffers an outage.
+Sending: :meth:`submit` never blocks and never raises. Submissions wait in a list; one writer task sends
+them, all those of a tick in one pipeline (batches grow with the load), in order, and calls each one's
+``done`` with the script's answer. Bytes waiting are bounded: above ``HIGH_WATER`` the bus says it is
+congested (the worker holds its publishers), past ``max_queue`` a submission fails (``unavailable``,
+counted); so does everything submitted while Redis is unreachable (:class:`.nodebus.NodeBus` then
+sequences locally instead).
 
-Receiving: the subscriber listens to the broadcast channel, to the rooms in ``always`` (the default room), and
-to the channel of every room that has members on this worker (:meth:`room_members`, driven by the hub), so a
-worker only receives what it delivers. Interest changes are sent by a task of their own, woken before the
-hub writes the ``joined`` reply of the same tick.
-Malformed, oversized or non-JSON payloads are dropped and counted (``redis_bad_frame``,
-``redis_oversized``, ``redis_bad_payload``).
+Receiving: the subscriber listens to the broadcast channel, to the rooms in ``always``, and to the channel
+of every room with members on this worker (:meth:`room_members`) or a join in progress (:meth:`history`
+subscribes first, waits for Redis to confirm, then runs ``REPLAY``, so every message published after the
+replay's ``latest`` reaches this worker). Malformed, oversized or unstamped payloads are dropped and counted
+(``redis_bad_frame``, ``redis_oversized``, ``redis_bad_payload``).
 
 Presence and stats: every ``stats_interval`` the worker writes its stats snapshot with a TTL and refreshes
-its entry in a sorted set scored by expiry time, so a dead node disappears within ``ttl``.
+its entry in a sorted set scored by expiry time, so a dead node disappears within ``ttl``; its members per
+room live in a hash with the same TTL (read by the other nodes' ``get_stats``).
 
 Faults: any Redis error tears both connections down; the bus reports unhealthy (the worker says
 ``"bus": "degraded"``), and reconnects with capped exponential backoff and full jitter (the project's one
-generator, :mod:`server.backoff`), resubscribing on success.
+generator, :mod:`server.backoff`), resubscribing on success; ``on_reconnect`` is then called (the node bus
+resets the epochs of the streams it sequenced locally meanwhile).
 
 Why this module is long: one connection session (subscriber, writer, interest, presence, room counts)
-and its reconnect loop share the session's state; the pure framing and names are in :mod:`.redisframe`.
+and its reconnect loop share the session's state; the pure framing and names are in :mod:`.redisframe`,
+the scripts in :mod:`.redisscripts`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlparse
 
 import msgpack
-import orjson
 from redis.exceptions import RedisError
 
 from ..backoff import backoff
 from ..errors import BusFrameError, ConfigError
 from ..metrics import Metrics
 from ..stats import MAX_LISTED_ROOMS, StatsQuery
+from ..streams import BROADCAST, stamp
+from ..streams.table import Replay
 from . import redisframe as rf
-from .base import Bus, BusHandler, Publication
+from . import redisscripts
+from .base import Bus, BusHandler, Done, Outcome, Publication, ReplayDone, Submission
 
 log = logging.getLogger("fanwire.bus.redis")
 
 URL_SCHEMES = ("redis", "rediss", "unix")
 _YIELD_EVERY = 64  # received messages between yields to the event loop, for fairness with clients
-_MAX_BATCH_CMDS = 512  # envelopes per pipeline
+_MAX_BATCH = 512  # submissions per pipeline
 _MAX_HEADER_CACHE = 4096
 HIGH_WATER = 4 << 20  # bytes waiting for Redis above which publishers are held (back-pressure)
 LOW_WATER = 1 << 20
+META_TTL_S = 7 * 24 * 3600  # an idle stream keeps its epoch and offset this long
 
 
 def check_url(url: str) -> None:
@@ -73,17 +79,39 @@ class _Down(Exception):
     """Internal: the session ended (Redis unreachable or a task finished)."""
 
 
+async def _reap(task: asyncio.Task[Any] | None, timeout: float = 2.0) -> None:
+    """Wait for a task we cancelled (or that ended) to finish; its own cancellation is expected, ours is not."""
+    if task is None:
+        return
+    try:
+        await asyncio.wait_for(task, timeout)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves: let it through
+    except (TimeoutError, _Down, RedisError, OSError, BusFrameError) as exc:
+        log.debug("redis bus: a task ended with %s", type(exc).__name__)
+
+
+async def _close_quietly(closer: Any, what: str) -> None:
+    try:
+        await asyncio.wait_for(closer(), 1.0)
+    except (TimeoutError, RedisError, OSError, RuntimeError) as exc:
+        log.debug("redis bus: closing the %s: %s", what, exc)
+
+
 class RedisBus(Bus):
-    """One worker's link to the other nodes through Redis: a session (subscriber, writer, interest, room
+    """One worker's link to Redis, the cluster's sequencer: a session (subscriber, writer, interest, room
     counts, presence) and the loop that re-creates it after an outage (see the module docstring)."""
 
     name = "redis"
 
     def __init__(self, url: str, node: str, worker_id: int, metrics: Metrics, *, prefix: str = "fanwire:",
                  stats_interval: float = 1.0, ttl: float = 3.0, max_payload: int = 16 << 20,
-                 max_envelope: int = 64 << 20, max_queue: int = 16 << 20, envelope_target: int = 256 << 10,
-                 connect_timeout: float = 2.0, command_timeout: float = 2.0, backoff_base: float = 0.1,
-                 backoff_cap: float = 2.0, always: tuple[str, ...] = ()) -> None:
+                 max_envelope: int = 64 << 20, max_queue: int = 16 << 20, connect_timeout: float = 2.0,
+                 command_timeout: float = 2.0, backoff_base: float = 0.1, backoff_cap: float = 2.0,
+                 always: tuple[str, ...] = (), history_size: int = 256, history_ttl: float = 300.0,
+                 dedup_window: float = 60.0) -> None:
         check_url(url)
         self.url = url
         self.node = node
@@ -95,41 +123,48 @@ class RedisBus(Bus):
         self.max_payload = max_payload
         self.max_envelope = max_envelope
         self.max_queue = max_queue
-        self.envelope_target = envelope_target
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.history_size = history_size
+        self.history_ttl_ms = max(1, int(history_ttl * 1000))
+        self.dedup_ms = max(1, int(dedup_window * 1000))
         self._node_b = node.encode()
         rf.header(self._node_b, worker_id, None)  # raises BusFrameError early for an absurd node id
         self._member = rf.member(node, worker_id, os.getpid())
         self._bchannel = rf.broadcast_channel(self.prefix)
-        self._bheader = rf.header(self._node_b, worker_id, None)
-        self._headers: dict[str, tuple[bytes, bytes]] = {}  # room -> (channel, envelope header)
+        self._headers: dict[str, tuple[bytes, bytes]] = {}  # stream -> (channel, envelope header)
         self._handler: BusHandler | None = None
         self._up = False
         self._closed = False
+        self.on_health: Callable[[bool], None] | None = None  # told when the link comes up or goes down
         # rooms subscribed for the life of the bus: the default room every new connection lands in, so
         # that a client's first messages from other nodes never race its worker's SUBSCRIBE
         self._always = frozenset(always)
-        self._rooms: set[str] = set(always)  # rooms with local members: the channels we want
+        self._rooms: set[str] = set(always)  # rooms with local members or a join in progress: channels we want
+        self._joining: dict[str, int] = {}  # room -> joins in progress (they keep its channel subscribed)
+        self._confirmed: set[bytes] = set()  # channels Redis confirmed in this session
+        self._confirm_waits: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._markers: dict[bytes, asyncio.Future[None]] = {}  # a join's marker -> its waiter
         self._sub_changes: dict[str, bool] = {}  # room -> subscribe (True) / unsubscribe, not yet sent
         self._counts: dict[str, int] = {}  # members per room on this worker
         self._count_changes: dict[str, int] = {}  # not yet written to Redis
-        self._pending: list[list[Any]] = []  # [channel, header, [records], size] in publish order
-        self._queued = 0  # bytes of publications pending (not yet handed to a pipeline)
-        self._drained: list[Callable[[], None]] = []  # held publishers, called back below low_water
+        self._pending: list[tuple[Submission, Done]] = []
+        self._queued = 0  # bytes of submissions waiting (not yet handed to a pipeline)
+        self._drained: list[Callable[[], None]] = []  # held publishers, called back below LOW_WATER
         self._members: list[bytes] = []  # presence members of the *other* nodes, from the last refresh
-        self._wake: asyncio.Event | None = None  # publications pending
+        self._wake: asyncio.Event | None = None  # submissions pending
         self._sub_wake: asyncio.Event | None = None  # subscription changes pending
         self._count_wake: asyncio.Event | None = None  # room count changes pending
         self._first: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
         self._client: Any = None
         self._pubsub: Any = None
+        self._scripts: dict[str, Any] = {}
         self._outage_logged = False
         self._was_up = False
-        self._inflight = False  # a publish pipeline is on its way
+        self._inflight = False  # a pipeline is on its way
         self._refreshing = False  # a presence refresh is on its way
         self._stats_slots: asyncio.Semaphore | None = None  # bounds concurrent MGETs (pool connections)
         self._stats_ok = True  # the last reading of the other nodes' stats succeeded
@@ -145,8 +180,10 @@ class RedisBus(Bus):
         self._first = asyncio.Event()
         self._stats_slots = asyncio.Semaphore(2)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="redis-bus")
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._first.wait(), self.connect_timeout + self.command_timeout)
+        except TimeoutError:
+            log.warning("redis bus: %s not reachable at start; serving degraded until it is", self.url)
 
     async def close(self) -> None:
         if self._closed:
@@ -158,13 +195,14 @@ class RedisBus(Bus):
             while ((self._pending or self._inflight or self._refreshing) and self._up
                    and time.monotonic() < deadline):
                 await asyncio.sleep(0.005)  # let the writer flush, in order; let a refresh land first
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._goodbye(client), 1.0)
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.debug("redis bus: goodbye failed: %s", exc)
         self._up = False
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._runner, 2.0)
+            await _reap(self._runner)
         await self._teardown()
 
     async def _goodbye(self, client: Any) -> None:
@@ -199,14 +237,16 @@ class RedisBus(Bus):
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any failure ends the session; the loop reconnects
+            except (_Down, RedisError, OSError, TimeoutError, BusFrameError) as exc:
                 if self._closed:
                     break
                 self._note_down(exc)
             finally:
-                self._up = False
+                was_up, self._up = self._up, False
                 await self._teardown()
                 self._first.set()
+                if was_up and self.on_health is not None:
+                    self.on_health(False)
             if self._closed:
                 break
             if self._was_up:
@@ -234,8 +274,11 @@ class RedisBus(Bus):
             retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=8,
             client_name=f"fanwire:{self.node}:{self.worker_id}")
         await asyncio.wait_for(client.ping(), self.command_timeout)
+        self._scripts = {name: client.register_script(getattr(redisscripts, name))
+                         for name in ("SEQUENCE", "REPLAY", "RESET")}
         pubsub = self._pubsub = client.pubsub()
         self._sub_changes.clear()
+        self._confirmed.clear()
         channels = [self._bchannel] + [self._channel_of(r)[0] for r in self._rooms]
         await asyncio.wait_for(self._subscribe_confirmed(pubsub, channels), self.command_timeout)
         self._count_changes.clear()
@@ -246,9 +289,11 @@ class RedisBus(Bus):
             self.metrics.redis_reconnects += 1
             log.warning("redis bus: %s reachable again; cross-node traffic resumes", self.url)
         self._outage_logged = False
+        if self.on_health is not None:
+            self.on_health(True)
         self._first.set()
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._reader(pubsub)), loop.create_task(self._writer(client)),
+        tasks = [loop.create_task(self._reader(pubsub)), loop.create_task(self._writer()),
                  loop.create_task(self._subscriptions(pubsub)), loop.create_task(self._ticker(client)),
                  loop.create_task(self._room_counts(client))]
         try:
@@ -257,12 +302,10 @@ class RedisBus(Bus):
             for t in tasks:
                 t.cancel()
             for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+                await _reap(t)
         for t in done:
-            exc = t.exception()
-            if exc is not None:
-                raise exc
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
         raise _Down("session ended")
 
     async def _subscribe_confirmed(self, pubsub: Any, channels: list[bytes]) -> None:
@@ -277,6 +320,7 @@ class RedisBus(Bus):
                 break
             if msg["type"] == "subscribe":
                 want.discard(msg["channel"])
+                self._confirm(msg["channel"])
             elif msg["type"] == "message":
                 self._on_message(msg["data"])
         if want:
@@ -286,14 +330,22 @@ class RedisBus(Bus):
         pubsub, client = self._pubsub, self._client
         self._pubsub = self._client = None
         self._members = []
+        self._confirmed.clear()
+        for waits in self._confirm_waits.values():
+            for fut in waits:
+                if not fut.done():
+                    fut.set_exception(_Down("redis session ended"))
+        self._confirm_waits.clear()
+        for fut in self._markers.values():
+            if not fut.done():
+                fut.set_exception(_Down("redis session ended"))
+        self._markers.clear()
         if self._pending:
-            self._drop_pending("redis_down")
+            self._fail_pending("redis_down")
         if pubsub is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)
+            await _close_quietly(pubsub.aclose, "subscriber")
         if client is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(client.aclose(), 1.0)
+            await _close_quietly(client.aclose, "client")
 
     # --- receiving ----------------------------------------------------------------------------------
 
@@ -302,8 +354,14 @@ class RedisBus(Bus):
         get = pubsub.get_message
         while True:
             msg = await get(timeout=None)
-            if msg is not None and msg["type"] == "message":
-                self._on_message(msg["data"])
+            if msg is not None:
+                kind = msg["type"]
+                if kind == "message":
+                    self._on_message(msg["data"])
+                elif kind == "subscribe":
+                    self._confirm(msg["channel"])
+                elif kind == "unsubscribe":
+                    self._confirmed.discard(msg["channel"])
             n += 1
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # parsed replies may be buffered: let clients run too
@@ -313,97 +371,78 @@ class RedisBus(Bus):
         if not isinstance(env, bytes):
             m.inc(m.bus_dropped, "redis_bad_frame")
             return
+        if env[:2] == rf.MARKER:
+            waiter = self._markers.pop(env, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return  # another worker's join: nothing for us
         if len(env) > self.max_envelope:
             m.inc(m.bus_dropped, "redis_oversized")
             return
         try:
-            node, worker, room, pos = rf.parse_header(env)
-            if node == self._node_b:
-                return  # our own node's publication: the pipe bus delivered it already
-            recs, skipped = rf.records(env, pos, self.max_payload)
+            node, worker, room, payload = rf.parse_envelope(env)
         except BusFrameError:
             m.inc(m.bus_dropped, "redis_bad_frame")
             return
-        if skipped:
-            m.inc(m.bus_dropped, "redis_oversized", skipped)
-        handler = self._handler
-        if handler is None:
-            return
-        expected = "chat" if room is not None else "broadcast"
-        origin = f"{node.decode(errors='replace')}/{worker}"
-        for ts, payload in recs:
-            if not _valid_payload(payload, expected):
-                m.inc(m.bus_dropped, "redis_bad_payload")
-                continue
-            m.redis_messages_in += 1
-            try:
-                handler.on_publication(Publication(room, payload, ts, origin))
-            except Exception:
-                m.inc(m.bus_dropped, "handler_error")
-                log.exception("redis bus: delivering a publication from %s failed", origin)
-
-    # --- sending ------------------------------------------------------------------------------------
-
-    def publish(self, pub: Publication) -> None:
-        m = self.metrics
-        if not self._up:
-            m.inc(m.bus_dropped, "redis_down")
-            return
-        payload = pub.payload
         if len(payload) > self.max_payload:
             m.inc(m.bus_dropped, "redis_oversized")
             return
+        if stamp.position(payload) is None:
+            m.inc(m.bus_dropped, "redis_bad_payload")  # not sequenced by our script: not ours
+            return
+        handler = self._handler
+        if handler is None:
+            return
+        m.redis_messages_in += 1
+        origin = f"{node.decode(errors='replace')}/{worker}"
+        handler.on_publication(Publication(room, payload, 0, origin))
+
+    # --- sending ------------------------------------------------------------------------------------
+
+    def submit(self, sub: Submission, done: Done) -> None:
+        m = self.metrics
+        if not self._up:
+            m.inc(m.bus_dropped, "redis_down")
+            done(Outcome(error="unavailable"))
+            return
+        size = len(sub.payload)
+        if size > self.max_payload:
+            m.inc(m.bus_dropped, "redis_oversized")
+            done(Outcome(error="unavailable"))
+            return
         try:
-            channel, head = self._channel_of(pub.room) if pub.room is not None else (self._bchannel,
-                                                                                     self._bheader)
+            self._channel_of(sub.stream)
         except BusFrameError:
             m.inc(m.bus_dropped, "redis_bad_frame")
+            done(Outcome(error="unavailable"))
             return
-        rec = rf.record(pub.ts_ms, payload)
-        size = len(rec)
         if self._queued + size > self.max_queue:
             m.inc(m.bus_dropped, "redis_queue_full")
+            done(Outcome(error="unavailable"))
             return
         self._queued += size
-        pending = self._pending
-        if pending:
-            last = pending[-1]
-            if last[0] == channel and last[3] + size <= self.envelope_target:
-                last[2].append(rec)
-                last[3] += size
-                return
-        pending.append([channel, head, [rec], size])
+        self._pending.append((sub, done))
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
 
-    def _channel_of(self, room: str) -> tuple[bytes, bytes]:
-        entry = self._headers.get(room)
+    def _channel_of(self, stream: str) -> tuple[bytes, bytes]:
+        entry = self._headers.get(stream)
         if entry is None:
             if len(self._headers) >= _MAX_HEADER_CACHE:
                 self._headers.clear()
-            entry = self._headers[room] = (rf.room_channel(self.prefix, room),
-                                           rf.header(self._node_b, self.worker_id, room))
+            room = None if stream == BROADCAST else stream
+            channel = self._bchannel if room is None else rf.room_channel(self.prefix, room)
+            entry = self._headers[stream] = (channel, rf.header(self._node_b, self.worker_id, room))
         return entry
 
-    def _take_pending(self, pipe: Any) -> int:
-        """Move up to one pipeline's worth of pending envelopes into ``pipe``; returns publications taken."""
-        pending = self._pending
-        take = pending[:_MAX_BATCH_CMDS]
-        del pending[:_MAX_BATCH_CMDS]
-        n = 0
-        for channel, head, recs, size in take:
-            pipe.publish(channel, head + b"".join(recs))
-            self._queued -= size
-            n += len(recs)
-        return n
-
-    def _drop_pending(self, reason: str) -> None:
-        n = sum(len(p[2]) for p in self._pending)
-        self._pending = []
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, []
         self._queued = 0
-        if n:
-            self.metrics.inc(self.metrics.bus_dropped, reason, n)
+        if pending:
+            self.metrics.inc(self.metrics.bus_dropped, reason, len(pending))
+        for _, done in pending:
+            done(Outcome(error="unavailable"))
         self._release()
 
     def congested(self) -> bool:
@@ -421,30 +460,127 @@ class RedisBus(Bus):
             for cb in waiting:
                 loop.call_soon(cb)
 
-    async def _writer(self, client: Any) -> None:
+    async def _writer(self) -> None:
         wake = self._wake
         assert wake is not None
         m = self.metrics
+        client = self._client
+        sequence = self._scripts["SEQUENCE"]
         while True:
             await wake.wait()
             wake.clear()
             while self._pending:
+                batch = self._pending[:_MAX_BATCH]
+                del self._pending[:_MAX_BATCH]
                 pipe = client.pipeline(transaction=False)
-                n = self._take_pending(pipe)
+                for sub, _ in batch:
+                    self._queued -= len(sub.payload)
+                    channel, head = self._channel_of(sub.stream)
+                    meta, hist = rf.stream_keys(self.prefix, sub.stream)
+                    use_dedup = sub.identity is not None and sub.msg_id is not None
+                    dedup = rf.dedup_key(self.prefix, sub.stream, sub.identity or "", sub.msg_id) if use_dedup \
+                        else meta
+                    await sequence(keys=[meta, hist, dedup],  # queued in the pipeline (no round trip)
+                                   args=[channel, head, sub.payload, self.history_size, META_TTL_S * 1000,
+                                         self.history_ttl_ms, self.dedup_ms, stamp.new_epoch(),
+                                         "1" if use_dedup else "0"],
+                                   client=pipe)
                 self._inflight = True
                 try:
                     async with asyncio.timeout(self.command_timeout):  # no extra task per batch
-                        await pipe.execute()
+                        results = await pipe.execute(raise_on_error=False)
                 except BaseException:
-                    m.inc(m.bus_dropped, "redis_down", n)
+                    m.inc(m.bus_dropped, "redis_down", len(batch))
+                    for _, done in batch:
+                        done(Outcome(error="unavailable"))
                     raise
                 finally:
                     self._inflight = False
-                m.redis_messages_out += n
+                for (_, done), res in zip(batch, results):
+                    if isinstance(res, Exception):
+                        m.inc(m.bus_dropped, "redis_script_error")
+                        log.warning("redis bus: the sequencing script failed: %s", res)
+                        done(Outcome(error="unavailable"))
+                    else:
+                        m.redis_messages_out += 1
+                        done(Outcome(int(res[0]), _text(res[1]), bool(res[2])))
                 self._release()
 
+    # --- history -------------------------------------------------------------------------------------------
+
+    def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        if not self._up:
+            done("unavailable")
+            return
+        asyncio.get_running_loop().create_task(self._history(stream, since, done))
+
+    async def _history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        room = None if stream == BROADCAST else stream
+        if room is not None:
+            self._join_interest(room, +1)
+        marker = rf.MARKER + os.urandom(12)
+        try:
+            channel = self._channel_of(stream)[0]
+            if channel not in self._confirmed:
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._confirm_waits.setdefault(channel, []).append(fut)
+                async with asyncio.timeout(self.command_timeout):
+                    await fut
+            meta, hist = rf.stream_keys(self.prefix, stream)
+            arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._markers[marker] = arrived
+            async with asyncio.timeout(self.command_timeout):
+                res = await self._scripts["REPLAY"](
+                    keys=[meta, hist],
+                    args=["" if since is None else since[0], "" if since is None else since[1],
+                          self.history_ttl_ms, stamp.new_epoch(), META_TTL_S * 1000, channel, marker])
+                await arrived  # every live message up to the replay's latest has reached us now
+        except (TimeoutError, _Down, RedisError, OSError, KeyError) as exc:
+            log.debug("redis bus: history of %r failed: %s", stream, exc)
+            done("unavailable")
+        else:
+            epoch, latest, verdict, payloads = _text(res[0]), int(res[1]), int(res[2]), res[3]
+            if verdict == -2:
+                done("bad_since")
+            else:
+                done(Replay(epoch, latest, [bytes(p) for p in payloads], None if verdict == -1 else verdict == 1))
+        finally:
+            self._markers.pop(marker, None)
+            if room is not None:
+                # after done(): the hub subscribed the joiner meanwhile, so the channel stays wanted
+                asyncio.get_running_loop().call_soon(self._join_interest, room, -1)
+
+    def _join_interest(self, room: str, delta: int) -> None:
+        n = self._joining.get(room, 0) + delta
+        if n > 0:
+            self._joining[room] = n
+        else:
+            self._joining.pop(room, None)
+        self._want(room)
+
+    def _confirm(self, channel: bytes) -> None:
+        self._confirmed.add(channel)
+        for fut in self._confirm_waits.pop(channel, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def reset_epochs(self, streams: Iterable[str]) -> None:
+        """New epochs for these streams (they were published to locally while Redis was unreachable)."""
+        if not self._up:
+            return
+        script = self._scripts["RESET"]
+        for stream in streams:
+            meta, hist = rf.stream_keys(self.prefix, stream)
+            try:
+                async with asyncio.timeout(self.command_timeout):
+                    await script(keys=[meta, hist], args=[stamp.new_epoch(), META_TTL_S * 1000])
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.warning("redis bus: could not reset the epoch of %r: %s", stream, exc)
+
+    # --- interest and room counts ---------------------------------------------------------------------
+
     async def _subscriptions(self, pubsub: Any) -> None:
-        """Applies interest changes. A task of its own, woken directly by :meth:`interest`: it runs before
+        """Applies interest changes. A task of its own, woken directly by :meth:`room_members`: it runs before
         the hub flushes the ``joined`` reply of the same tick, and writes SUBSCRIBE without waiting for a
         publish batch in flight, so the subscription reaches Redis before the client can react."""
         wake = self._sub_wake
@@ -490,11 +626,11 @@ class RedisBus(Bus):
         async with asyncio.timeout(self.command_timeout):
             await pipe.execute()
 
-    # --- interest and room counts ---------------------------------------------------------------------
-
     def room_members(self, room: str, count: int) -> None:
         # recorded even while down or connecting: a session subscribes to ``_rooms`` and writes ``_counts``
         # as they are when it starts and clears the changes at that moment, so none is ever lost
+        if room.startswith("$"):
+            return  # the server's own streams: $broadcast has its own channel
         if count:
             self._counts[room] = count
         else:
@@ -503,16 +639,21 @@ class RedisBus(Bus):
         count_wake = self._count_wake
         if count_wake is not None and not count_wake.is_set():
             count_wake.set()
-        present = count > 0
-        if room not in self._always and (room in self._rooms) != present:
+        self._want(room)
+
+    def _want(self, room: str) -> None:
+        """Subscribe to or unsubscribe from ``room``'s channel, as its members and joins now say."""
+        present = room in self._always or self._counts.get(room, 0) > 0 or self._joining.get(room, 0) > 0
+        if (room in self._rooms) != present:
             if present:
                 self._rooms.add(room)
             else:
                 self._rooms.discard(room)
+                self._confirmed.discard(self._channel_of(room)[0])  # a later join waits for a new SUBSCRIBE
             self._sub_changes[room] = present
-        wake = self._sub_wake
-        if wake is not None and not wake.is_set():
-            wake.set()
+            wake = self._sub_wake
+            if wake is not None and not wake.is_set():
+                wake.set()
 
     # --- presence and stats -------------------------------------------------------------------------
 
@@ -594,6 +735,10 @@ class RedisBus(Bus):
         return out
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _room_counts(reply: Any, rooms: list[str]) -> dict[str, int]:
     """HGETALL (a dict) or HMGET (a list in ``rooms`` order) of a worker's room counts, as a dict."""
     items = reply.items() if isinstance(reply, dict) else zip(rooms, reply)
@@ -607,12 +752,3 @@ def _room_counts(reply: Any, rooms: list[str]) -> dict[str, int]:
         if len(out) >= MAX_LISTED_ROOMS:
             break
     return out
-
-
-def _valid_payload(payload: bytes, expected: str) -> bool:
-    """A payload from another node must be a JSON object of the type its channel carries."""
-    try:
-        msg = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return False
-    return type(msg) is dict and msg.get("type") == expected

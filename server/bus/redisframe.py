@@ -1,10 +1,13 @@
 """Framing and naming for the Redis bus. Pure: bytes and names in, bytes and names out; no I/O.
 
-An *envelope* is the body of one Redis ``PUBLISH``: the publications one worker made to one channel during
-one event-loop tick, in order::
+An *envelope* is the body of one Redis ``PUBLISH``: one sequenced message (its payload stamped with its
+offset and epoch by the sequencing script, see :mod:`.redisscripts`), and who submitted it::
 
-    magic b"\\xfa\\x01" | u16 node length | node | u16 worker | u16 room length (0xFFFF = broadcast) | room
-    then, per publication:  u64 ts_ms | u32 payload length | payload
+    magic b"\\xfa\\x02" | u16 node length | node | u16 worker | u16 room length (0xFFFF = broadcast) | room
+    | payload
+
+The script publishes ``header + stamped payload``: the header is built here, once per (node, worker,
+room), and passed to the script as an argument.
 
 Channels: ``<prefix>all`` carries broadcasts (every node subscribes to it), ``<prefix>room:<room>`` carries
 the chats of one room (a worker subscribes while the room has local members). Presence: the sorted set
@@ -20,13 +23,12 @@ from typing import Final
 
 from ..errors import BusFrameError
 
-MAGIC: Final = b"\xfa\x01"
+MAGIC: Final = b"\xfa\x02"
+MARKER: Final = b"\xfa\x03"  # + a token: published by a join's REPLAY (see redisscripts); not a message
 NO_ROOM: Final = 0xFFFF
 MAX_NAME: Final = 0xFFFE  # bytes, for node ids and room names
 
 _U16 = struct.Struct("!H")
-_REC = struct.Struct("!QI")
-REC_HEAD: Final = _REC.size
 
 
 def header(node: bytes, worker: int, room: str | None) -> bytes:
@@ -42,10 +44,6 @@ def header(node: bytes, worker: int, room: str | None) -> bytes:
         if rlen > MAX_NAME:
             raise BusFrameError("room name too long for the bus")
     return MAGIC + _U16.pack(len(node)) + node + _U16.pack(worker & 0xFFFF) + _U16.pack(rlen) + r
-
-
-def record(ts_ms: int, payload: bytes) -> bytes:
-    return _REC.pack(ts_ms & 0xFFFFFFFFFFFFFFFF, len(payload)) + payload
 
 
 def parse_header(env: bytes) -> tuple[bytes, int, str | None, int]:
@@ -77,29 +75,12 @@ def parse_header(env: bytes) -> tuple[bytes, int, str | None, int]:
     return node, worker, room, pos
 
 
-def records(env: bytes, pos: int, max_payload: int) -> tuple[list[tuple[int, bytes]], int]:
-    """The envelope's (ts_ms, payload) records from ``pos``, and how many were skipped as oversized.
-
-    Raises BusFrameError when the lengths do not add up (the whole envelope is then dropped).
-    """
-    out: list[tuple[int, bytes]] = []
-    skipped = 0
-    end = len(env)
-    if pos >= end:
-        raise BusFrameError("envelope without records")
-    while pos < end:
-        if end - pos < REC_HEAD:
-            raise BusFrameError("truncated record header")
-        ts, n = _REC.unpack_from(env, pos)
-        pos += REC_HEAD
-        if n > end - pos:
-            raise BusFrameError("record longer than its envelope")
-        if n > max_payload:
-            skipped += 1
-        else:
-            out.append((ts, env[pos : pos + n]))
-        pos += n
-    return out, skipped
+def parse_envelope(env: bytes) -> tuple[bytes, int, str | None, bytes]:
+    """(node, worker, room, payload); raises BusFrameError."""
+    node, worker, room, pos = parse_header(env)
+    if pos >= len(env):
+        raise BusFrameError("envelope without a payload")
+    return node, worker, room, env[pos:]
 
 
 # --- names -----------------------------------------------------------------------------------------------
@@ -124,6 +105,19 @@ def member_node(m: bytes) -> bytes:
 
 def stats_key(prefix: bytes, m: bytes) -> bytes:
     return prefix + b"stats:" + m
+
+
+def stream_keys(prefix: bytes, stream: str) -> tuple[bytes, bytes]:
+    """The stream's meta hash (epoch ``e``, last offset ``o``) and its history (a Redis stream, one entry
+    per message, id ``<offset>-0``, fields ``t`` (ms) and ``p`` (stamped payload))."""
+    base = prefix + b"s:" + stream.encode()
+    return base + b":m", base + b":h"
+
+
+def dedup_key(prefix: bytes, stream: str, identity: str, msg_id: object) -> bytes:
+    """Where an acknowledged publication is remembered for the dedup window."""
+    kind = "i" if type(msg_id) is int else "s"
+    return prefix + b"d:" + f"{len(stream)}:{stream}:{len(identity)}:{identity}:{kind}:{msg_id}".encode()
 
 
 def rooms_key(prefix: bytes, m: bytes) -> bytes:

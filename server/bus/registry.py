@@ -26,16 +26,21 @@ class BusKind:
 
 
 def _pipe(settings: BusSettings, socks: dict[int, socket.socket], metrics: Metrics) -> Bus:
+    from ..streams.table import StreamTable
     from .pipebus import PipeBus
 
+    table = StreamTable(settings.history_size, settings.history_ttl, settings.history_max_bytes,
+                        settings.dedup_window)
     return PipeBus(settings.endpoint, settings.worker_id, socks, metrics, max_queue=settings.max_queue,
-                   high_water=settings.high_water, low_water=settings.high_water // 4)
+                   high_water=settings.high_water, low_water=settings.high_water // 4,
+                   workers=settings.workers, takeover=settings.takeover, table=table,
+                   max_batch=max(64 << 20, 2 * settings.history_max_bytes))
 
 
 def _redis(settings: BusSettings, socks: dict[int, socket.socket], metrics: Metrics) -> Bus:
     from .nodebus import cluster_bus
 
-    return cluster_bus(settings, _pipe(settings, socks, metrics), metrics)
+    return cluster_bus(settings, socks, metrics)
 
 
 def _check_redis(settings: BusSettings) -> None:

@@ -47,7 +47,7 @@ class RouterOwner(Protocol):
 
     def admit(self, conn: Conn, request: HttpRequest) -> HttpError | None: ...
 
-    def open(self, conn: Conn) -> None: ...
+    def open(self, conn: Conn, request: HttpRequest) -> None: ...
 
 
 Route = Callable[["Conn", "HttpRequest"], None]
@@ -91,7 +91,7 @@ class Router:
             conn.http_error(refusal)
             return
         conn.upgrade(accepted.response, accepted.subprotocol, accepted.extensions)
-        owner.open(conn)
+        owner.open(conn, request)
 
     # --- plain routes -------------------------------------------------------------------------------------
 

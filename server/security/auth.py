@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl
 import jwt
 
 from ..errors import AuthError
-from ..protocol import MAX_ROOM_LEN, MAX_USER_LEN, Policy, Session
+from ..protocol import MAX_ROOM_LEN, MAX_USER_LEN, STATS_ROOM, SYSTEM_PREFIX, Policy, Session
+from ..streams import BROADCAST
 
 ALGORITHM: Final = "HS256"
 MAX_TOKEN_LEN: Final = 4096
@@ -63,6 +64,8 @@ class GrantPolicy(Policy):
         self.grant = grant
 
     def may_join(self, session: Session, room: str) -> bool:
+        if room.startswith(SYSTEM_PREFIX):  # everyone gets broadcasts; the dashboard stream is for admins
+            return room == BROADCAST or (room == STATS_ROOM and self.grant.admin)
         return self.grant.may_use(room)
 
     def may_publish(self, session: Session, room: str) -> bool:
@@ -70,6 +73,9 @@ class GrantPolicy(Policy):
 
     def may_broadcast(self, session: Session) -> bool:
         return self.grant.broadcast
+
+    def is_admin(self, session: Session) -> bool:
+        return self.grant.admin
 
 
 def issue(secret: str, user: str, rooms: Iterable[str], ttl: float, broadcast: bool = False,

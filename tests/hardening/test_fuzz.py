@@ -22,11 +22,11 @@ from server.protocol import (
     DEFAULT_ROOM,
     MAX_USER_LEN,
     MESSAGE_TYPES,
+    Join,
     Publish,
     QueryStats,
     Reply,
     Session,
-    Subscribe,
     Unsubscribe,
     handle_payload,
 )
@@ -35,7 +35,7 @@ from server.security.auth import Grant, GrantPolicy
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ERROR_CODES = {"bad_encoding", "bad_message", "unknown_type", "unknown_action", "bad_room", "too_many_rooms",
-               "not_in_room", "no_room", "forbidden"}
+               "not_in_room", "no_room", "forbidden", "bad_since"}
 REPLY_TYPES = {"pong", "joined", "left", "error"}
 MAX_ROOMS = 4
 
@@ -49,14 +49,17 @@ msgpack_values = st.recursive(scalars | st.binary(max_size=20) | st.floats(),
                               lambda inner: st.lists(inner, max_size=5)
                               | st.dictionaries(st.text(max_size=10) | st.integers(), inner, max_size=5),
                               max_leaves=20)
-rooms = st.sampled_from(["lobby", "games", "admin", "x" * 128, "x" * 129, ""]) | st.text(max_size=8)
+rooms = st.sampled_from(["lobby", "games", "admin", "x" * 128, "x" * 129, "", "$broadcast", "$stats",
+                         "$other"]) | st.text(max_size=8)
+since_values = st.none() | st.fixed_dictionaries({"offset": st.integers(-2, 2**63 - 1), "epoch": st.text(max_size=9)})
 ints = st.integers(-(2**63), 2**63 - 1)
 field_values = st.none() | ints | st.text(max_size=70) | rooms | st.lists(ints, max_size=2)
 # messages that are almost right: a known type and a few of the fields it could carry
 messages = st.fixed_dictionaries(
     {"type": st.sampled_from([*MESSAGE_TYPES, "nope", ""]) | ints},
     optional={"room": field_values, "text": field_values, "user": field_values, "id": field_values,
-              "ts": json_values, "data": json_values, "action": st.sampled_from(["get_stats", "other"]) | field_values},
+              "ts": json_values, "data": json_values, "action": st.sampled_from(["get_stats", "other"]) | field_values,
+              "since": since_values},
 )
 
 
@@ -64,22 +67,24 @@ def check_actions(session: Session, mtype: str, actions: list[Any], policy: Any 
     assert mtype == "invalid" or mtype in MESSAGE_TYPES
     assert len(set(session.rooms)) == len(session.rooms)
     assert len(session.rooms) <= max(MAX_ROOMS, 1)
+    assert all(not r.startswith("$") for r in session.rooms)  # the server's streams are never listed
     for a in actions:
-        assert type(a) in (Reply, Publish, Subscribe, Unsubscribe, QueryStats)
+        assert type(a) in (Reply, Publish, Join, Unsubscribe, QueryStats)
         if type(a) is Reply:
             assert a.msg["type"] in REPLY_TYPES
             if a.msg["type"] == "error":
                 assert a.msg["code"] in ERROR_CODES and isinstance(a.msg["detail"], str)
                 assert type(a.msg.get("id", 0)) in (str, int)
         elif type(a) is Publish:
-            assert a.msg["type"] in ("chat", "broadcast")
+            assert a.msg["type"] in ("chat", "broadcast", "publication")
             assert a.msg["from"] == session.client_id and a.msg["user"] == session.user
             if a.room is None:
-                assert policy.may_broadcast(session)
+                assert policy.may_broadcast(session) and a.stream == "$broadcast"
             else:
-                assert policy.may_publish(session, a.room)
-        elif type(a) is Subscribe:
-            assert policy.may_join(session, a.room)
+                assert policy.may_publish(session, a.room) and a.stream == a.room
+                assert not a.room.startswith("$")
+        elif type(a) is Join:
+            assert policy.may_join(session, a.stream)
 
 
 @SETTINGS

@@ -10,15 +10,22 @@ import pytest
 
 from server import codecs
 from server.protocol import (
+    ALLOW_ALL,
+    Join,
     Publish,
     QueryStats,
     Reply,
     Session,
-    Subscribe,
     Unsubscribe,
+    ack_msg,
     handle,
     handle_payload,
+    joined_msg,
+    new_session_token,
+    valid_session_token,
+    welcome_msg,
 )
+from server.streams import BROADCAST
 
 NOW = 1_700_000_000_000
 
@@ -60,8 +67,10 @@ def test_chat_goes_to_current_room_with_sender_fields() -> None:
 def test_chat_explicit_room_and_current_room_follows_joins() -> None:
     s = Session("0-1")
     acts = run(s, {"type": "join", "room": "games"})
-    assert [type(a) for a in acts] == [Subscribe, Reply]
-    assert acts[1].msg == {"type": "joined", "room": "games", "rooms": ["lobby", "games"]}
+    assert acts == [Join("games", None)]
+    assert s.rooms == ["lobby", "games"]
+    assert joined_msg(s, acts[0], "e1", 0, None, 0) == {"type": "joined", "room": "games",
+                                                         "rooms": ["lobby", "games"], "offset": 0, "epoch": "e1"}
     [pub] = run(s, {"type": "chat", "text": "x"})
     assert isinstance(pub, Publish) and pub.room == "games"
     [pub] = run(s, {"type": "chat", "text": "x", "room": "elsewhere"})
@@ -76,9 +85,10 @@ def test_chat_explicit_room_and_current_room_follows_joins() -> None:
 def test_join_twice_does_not_subscribe_twice() -> None:
     s = Session("0-1")
     run(s, {"type": "join", "room": "a"})
-    acts = run(s, {"type": "join", "room": "lobby"})
-    assert [type(a) for a in acts] == [Reply]
+    acts = run(s, {"type": "join", "room": "lobby", "since": {"offset": 3, "epoch": "abc"}})
+    assert acts == [Join("lobby", (3, "abc"), already=True)]  # only an answer (since ignored)
     assert s.rooms == ["a", "lobby"]
+    assert "recovered" not in joined_msg(s, acts[0], "abc", 9, None, 0)
 
 
 def test_room_errors() -> None:
@@ -95,7 +105,7 @@ def test_room_errors() -> None:
 
 def test_broadcast_text_or_data() -> None:
     [pub] = run(Session("0-1"), {"type": "broadcast", "text": "all"})
-    assert isinstance(pub, Publish) and pub.room is None
+    assert isinstance(pub, Publish) and pub.room is None and pub.stream == BROADCAST
     assert pub.msg == {"type": "broadcast", "from": "0-1", "text": "all", "user": None, "ts": NOW}
     [pub] = run(Session("0-1"), {"type": "broadcast", "data": {"k": [1, None]}})
     assert isinstance(pub, Publish) and pub.msg["data"] == {"k": [1, None]}
@@ -177,3 +187,73 @@ def test_policy_forbids() -> None:
         _, acts = handle_payload(s, orjson.dumps(msg), NOW, 64, p)
         assert error_code(acts) == "forbidden"
     assert s.rooms == ["lobby"]
+
+
+# --- v1.1 -------------------------------------------------------------------------------------------------
+
+def test_join_with_since_and_recovery_answers() -> None:
+    s = Session("0-1")
+    [j] = run(s, {"type": "join", "room": "games", "since": {"offset": 41, "epoch": "k3v9x"}, "id": 7})
+    assert j == Join("games", (41, "k3v9x"), 7)
+    assert joined_msg(s, j, "k3v9x", 57, True, 16) == {
+        "type": "joined", "room": "games", "rooms": ["lobby", "games"], "offset": 57, "epoch": "k3v9x",
+        "recovered": True, "replayed": 16, "id": 7}
+
+
+@pytest.mark.parametrize("since", [5, "x", {"offset": -1, "epoch": "e"}, {"offset": 1}, {"offset": 1.5, "epoch": "e"},
+                                   {"offset": 1, "epoch": "UPPER"}, {"offset": 1, "epoch": ""},
+                                   {"offset": True, "epoch": "e"}])
+def test_malformed_since_is_bad_since_and_no_join(since: Any) -> None:
+    s = Session("0-1")
+    assert error_code(run(s, {"type": "join", "room": "g", "since": since})) == "bad_since"
+    assert s.rooms == ["lobby"]
+
+
+def test_broadcast_stream_can_be_left_and_joined_again() -> None:
+    s = Session("0-1")
+    acts = run(s, {"type": "leave", "room": BROADCAST})
+    assert isinstance(acts[0], Unsubscribe) and acts[0].room == BROADCAST and not s.broadcasts
+    assert s.rooms == ["lobby"]  # $broadcast is never listed in rooms
+    assert error_code(run(s, {"type": "leave", "room": BROADCAST})) == "not_in_room"
+    [j] = run(s, {"type": "join", "room": BROADCAST})
+    assert j == Join(BROADCAST, None) and s.broadcasts and s.rooms == ["lobby"]
+    [j] = run(s, {"type": "join", "room": BROADCAST})
+    assert j.already
+
+
+def test_server_rooms_are_reserved() -> None:
+    s = Session("0-1")
+    assert error_code(run(s, {"type": "chat", "room": "$broadcast", "text": "x"})) == "bad_room"
+    assert error_code(run(s, {"type": "publish", "room": "$stats", "data": 1})) == "bad_room"
+    assert error_code(run(s, {"type": "join", "room": "$secret"})) == "forbidden"
+    assert run(s, {"type": "join", "room": "$stats"}) == [Join("$stats", None)]  # no auth: anyone may watch
+
+
+def test_publish_and_ids_become_acknowledged_publications() -> None:
+    s = Session("0-1")
+    [p] = run(s, {"type": "publish", "room": "auction", "data": {"bid": 3}, "id": "b1"})
+    assert isinstance(p, Publish) and (p.stream, p.room, p.id) == ("auction", "auction", "b1")
+    assert p.msg == {"type": "publication", "room": "auction", "data": {"bid": 3}, "from": "0-1", "user": None,
+                     "ts": NOW}
+    assert orjson.loads(p.payload) == p.msg
+    [c] = run(s, {"type": "chat", "text": "hi", "id": 9})
+    assert isinstance(c, Publish) and c.id == 9 and c.stream == "lobby"
+    assert error_code(run(s, {"type": "publish", "room": "auction"})) == "bad_message"
+    assert ack_msg("auction", 12, "ep", True, "b1") == {"type": "ack", "id": "b1", "room": "auction",
+                                                        "offset": 12, "epoch": "ep", "duplicate": True}
+
+
+def test_sessions_and_the_welcome() -> None:
+    token = new_session_token()
+    assert valid_session_token(token) and len(token) == 22
+    assert not valid_session_token("short") and not valid_session_token("x" * 65)
+    assert not valid_session_token("bad token with spaces!!")
+    s = Session("0-1")
+    s.session_token = token
+    assert s.identity == f"/{token}"
+    s.user, s.user_fixed = "alice", True
+    assert s.identity == f"alice/{token}"  # bound to the token's user when auth is on
+    w = welcome_msg(s, 0, "n", NOW, 20.0, 1024, ["$broadcast", "lobby"])
+    assert w["version"] == "1.1" and w["session"] == token and w["autojoin"] == ["$broadcast", "lobby"]
+    assert "autojoin" not in welcome_msg(s, 0, "n", NOW, 20.0, 1024)
+    assert ALLOW_ALL.may_join(s, "$broadcast")

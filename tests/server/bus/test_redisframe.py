@@ -1,4 +1,4 @@
-"""The Redis bus's framing and names: envelopes, records, channels, keys. Pure."""
+"""The Redis bus's framing and names: envelopes, channels, keys. Pure."""
 
 from __future__ import annotations
 
@@ -12,46 +12,42 @@ from server.errors import BusFrameError
 
 def test_envelope_round_trip() -> None:
     for room in ("lobby", "ĉambro 🎲", None):
-        env = rf.header(b"node-a", 3, room) + rf.record(17, b'{"a":1}') + rf.record(18, b"") + rf.record(19, b"z")
-        node, worker, got_room, pos = rf.parse_header(env)
-        assert (node, worker, got_room) == (b"node-a", 3, room)
-        recs, skipped = rf.records(env, pos, 100)
-        assert recs == [(17, b'{"a":1}'), (18, b""), (19, b"z")] and skipped == 0
-
-
-def test_envelope_oversized_records_are_skipped_not_fatal() -> None:
-    env = rf.header(b"n", 0, "r") + rf.record(1, b"x" * 50) + rf.record(2, b"ok")
-    _, _, _, pos = rf.parse_header(env)
-    assert rf.records(env, pos, 10) == ([(2, b"ok")], 1)
+        env = rf.header(b"node-a", 3, room) + b'{"offset":1,"epoch":"e","a":1}'
+        assert rf.parse_envelope(env) == (b"node-a", 3, room, b'{"offset":1,"epoch":"e","a":1}')
 
 
 @pytest.mark.parametrize("env", [
-    b"", b"\xfa", b"\xfa\x02" + b"\x00" * 10, b"\xfa\x01\x00\x05ab",
+    b"", b"\xfa", b"\xfa\x02" + b"\x00" * 3, b"\xfa\x02\x00\x05ab",
+    b"\xfa\x01" + rf.header(b"n", 0, None)[2:] + b"{}",  # the old batched format
     rf.header(b"n", 0, "room")[:-2],  # room cut short
-    rf.header(b"n", 0, None),  # no records
-    rf.header(b"n", 0, None) + rf.record(1, b"abc")[:-1],  # record cut short
-    rf.header(b"n", 0, None) + b"\x00" * 5,  # truncated record header
-    b"\xfa\x01\x00\x01n\x00\x00\x00\x02\xff\xfe" + rf.record(1, b"x"),  # room not UTF-8
+    rf.header(b"n", 0, None),  # no payload
+    b"\xfa\x02\x00\x01n\x00\x00\x00\x02\xff\xfe{}",  # room not UTF-8
 ])
 def test_malformed_envelopes_raise(env: bytes) -> None:
     with pytest.raises(BusFrameError):
-        _, _, _, pos = rf.parse_header(env)
-        rf.records(env, pos, 1 << 20)
+        rf.parse_envelope(env)
 
 
 def test_random_bytes_never_crash_the_parser() -> None:
     rng = random.Random(7)
-    good = rf.header(b"node", 1, "r") + rf.record(5, b'{"type":"chat"}')
+    good = rf.header(b"node", 1, "r") + b'{"offset":1,"epoch":"e","type":"chat"}'
     for _ in range(2000):
         data = bytearray(good)
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         data = data[: rng.randint(0, len(data))]
         try:
-            _, _, _, pos = rf.parse_header(bytes(data))
-            rf.records(bytes(data), pos, 1 << 20)
+            rf.parse_envelope(bytes(data))
         except BusFrameError:
             pass
+
+
+def test_stream_and_dedup_keys() -> None:
+    assert rf.stream_keys(b"p:", "games") == (b"p:s:games:m", b"p:s:games:h")
+    a = rf.dedup_key(b"p:", "r", "alice/tok", 7)
+    assert a != rf.dedup_key(b"p:", "r", "alice/tok", "7")  # an int id and a string id differ
+    assert a != rf.dedup_key(b"p:", "r:alice", "tok", 7)  # lengths keep the parts apart
+    assert a == rf.dedup_key(b"p:", "r", "alice/tok", 7)
 
 
 def test_names() -> None:
