@@ -13,7 +13,7 @@ import secrets
 from typing import Final
 
 PREFIX: Final = b'{"offset":'
-_POSITION = re.compile(rb'\{"offset":(\d{1,19}),"epoch":"([0-9a-z]{1,32})",')
+_POSITION = re.compile(rb'\{"offset":(0|[1-9]\d{0,18}),"epoch":"([0-9a-z]{1,32})",')
 _ALPHABET: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
 EPOCH_LEN: Final = 8
 

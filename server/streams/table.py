@@ -57,13 +57,14 @@ class Replay:
 
 
 class Stream:
-    __slots__ = ("epoch", "nbytes", "offset", "ring")
+    __slots__ = ("epoch", "keys", "nbytes", "offset", "ring")
 
     def __init__(self, epoch: str, offset: int = 0) -> None:
         self.epoch = epoch
         self.offset = offset
         self.ring: deque[tuple[int, float, bytes]] = deque()  # (offset, time, stamped payload)
         self.nbytes = 0
+        self.keys: set[tuple[str, str, Any]] = set()  # its live dedup entries
 
 
 class StreamTable:
@@ -80,8 +81,11 @@ class StreamTable:
         self.max_dedup = max_dedup
         self.new_epoch = new_epoch
         self.streams: OrderedDict[str, Stream] = OrderedDict()  # least recently used first
+        self.published: OrderedDict[str, None] = OrderedDict()  # least recently published first
         self.nbytes = 0
-        self.dedup: dict[tuple[str, str, Any], tuple[int, str]] = {}  # (stream, identity, id) -> (offset, epoch)
+        # (stream, identity, id) -> (offset, epoch, expiry); an entry of dedup_order whose expiry no longer
+        # matches its key's entry is stale (the key was forgotten or published again) and is skipped
+        self.dedup: dict[tuple[str, str, Any], tuple[int, str, float]] = {}
         self.dedup_order: deque[tuple[float, tuple[str, str, Any]]] = deque()  # (expiry, key), oldest first
         self.evicted_streams = 0
         self.evicted_messages = 0
@@ -104,10 +108,12 @@ class StreamTable:
 
     def _forget(self, name: str) -> None:
         s = self.streams.pop(name)
+        self.published.pop(name, None)
         self.nbytes -= s.nbytes
         self.evicted_streams += 1
-        for key in [k for k in self.dedup if k[0] == name]:
+        for key in s.keys:
             del self.dedup[key]
+        self._compact_dedup()
 
     # --- appending -------------------------------------------------------------------------------------
 
@@ -120,9 +126,11 @@ class StreamTable:
         if identity is not None and msg_id is not None:
             key = (name, identity, msg_id)
             seen = self.dedup.get(key)
-            if seen is not None and seen[1] == s.epoch:
+            if seen is not None and seen[1] == s.epoch and seen[2] > now:
                 return Appended(seen[0], seen[1], b"", duplicate=True)
         s.offset += 1
+        self.published[name] = None
+        self.published.move_to_end(name)
         stamped = stamp.stamp(payload, s.offset, s.epoch)
         if self.history_size:
             s.ring.append((s.offset, now, stamped))
@@ -134,8 +142,10 @@ class StreamTable:
             if self.nbytes > self.max_bytes:
                 self._trim_bytes(keep=s)
         if key is not None:
-            self.dedup[key] = (s.offset, s.epoch)
-            self.dedup_order.append((now + self.dedup_window, key))
+            expiry = now + self.dedup_window
+            self.dedup[key] = (s.offset, s.epoch, expiry)
+            s.keys.add(key)
+            self.dedup_order.append((expiry, key))
             self._trim_dedup(now)
         return Appended(s.offset, s.epoch, stamped)
 
@@ -152,7 +162,8 @@ class StreamTable:
 
     def _trim_bytes(self, keep: Stream) -> None:
         """Over ``max_bytes``: the oldest messages of the least recently published streams leave first."""
-        for s in list(self.streams.values()):
+        for name in list(self.published):
+            s = self.streams[name]
             while s.ring and self.nbytes > self.max_bytes and (s is not keep or len(s.ring) > 1):
                 self._drop_oldest(s)
                 self.evicted_messages += 1
@@ -161,9 +172,24 @@ class StreamTable:
 
     def _trim_dedup(self, now: float) -> None:
         order = self.dedup_order
-        while order and (order[0][0] <= now or len(order) > self.max_dedup):
-            _, key = order.popleft()
-            self.dedup.pop(key, None)
+        dedup = self.dedup
+        while order and (order[0][0] <= now or len(dedup) > self.max_dedup):
+            expiry, key = order.popleft()
+            seen = dedup.get(key)
+            if seen is not None and seen[2] == expiry:
+                del dedup[key]
+                s = self.streams.get(key[0])
+                if s is not None:
+                    s.keys.discard(key)
+        self._compact_dedup()
+
+    def _compact_dedup(self) -> None:
+        """Drop stale order entries once they outnumber the live ones (keeps dedup_order bounded)."""
+        order = self.dedup_order
+        if len(order) > 2 * len(self.dedup) + 64:
+            dedup = self.dedup
+            self.dedup_order = deque(e for e in order if (seen := dedup.get(e[1])) is not None
+                                     and seen[2] == e[0])
 
     def prune(self, now: float) -> None:
         """Periodic upkeep: history past its age, expired dedup entries."""
@@ -198,30 +224,43 @@ class StreamTable:
         """The state of the streams ``names`` selects, as plain values (msgpack-able)."""
         streams = {n: [s.epoch, s.offset, [list(e) for e in s.ring]] for n, s in self.streams.items()
                    if names is None or names(n)}
-        dedup = [[exp, list(key), list(self.dedup[key])] for exp, key in self.dedup_order
-                 if key in self.dedup and (names is None or names(key[0]))]
-        return {"streams": streams, "dedup": dedup}
+        dedup = [[exp, list(key), list(seen[:2])] for exp, key in self.dedup_order
+                 if (seen := self.dedup.get(key)) is not None and seen[2] == exp
+                 and (names is None or names(key[0]))]
+        published = [n for n in self.published if n in streams]
+        return {"streams": streams, "dedup": dedup, "published": published}
 
     def load(self, state: dict[str, Any], now: float) -> None:
-        """Take over exported streams (their epochs, offsets, history and dedup window)."""
+        """Take over exported streams (their epochs, offsets, history and dedup window), within this
+        table's own bounds."""
         for name, (epoch, offset, ring) in state.get("streams", {}).items():
             if name in self.streams:
                 self._forget(name)
                 self.evicted_streams -= 1
             s = self.streams[name] = Stream(epoch, offset)
-            for o, t, p in ring:
+            if ring:
+                self.published[name] = None
+                self.published.move_to_end(name)
+            for o, t, p in ring[-self.history_size:] if self.history_size else ():
                 s.ring.append((o, t, p))
                 s.nbytes += len(p)
                 self.nbytes += len(p)
+        for name in state.get("published", ()):  # the source's publication order, for max_bytes
+            if name in self.published:
+                self.published.move_to_end(name)
+        while len(self.streams) > self.max_streams:
+            self._forget(next(iter(self.streams)))
         for exp, key, value in state.get("dedup", []):
             k = (key[0], key[1], key[2])
-            self.dedup[k] = (value[0], value[1])
+            s = self.streams.get(k[0])
+            if s is None or s.epoch != value[1]:
+                continue
+            self.dedup[k] = (value[0], value[1], exp)
+            s.keys.add(k)
             self.dedup_order.append((exp, k))
         self.dedup_order = deque(sorted(self.dedup_order, key=lambda e: e[0]))
-        if self.nbytes > self.max_bytes:
-            for s in list(self.streams.values()):
-                self._trim_bytes(keep=s)
-                break
+        if self.nbytes > self.max_bytes and self.published:
+            self._trim_bytes(keep=self.streams[next(reversed(self.published))])
         self.prune(now)
 
     def names(self) -> Iterator[str]:
@@ -231,6 +270,7 @@ class StreamTable:
         """Forget every stream (their next use starts new epochs) and the dedup window."""
         self.evicted_streams += len(self.streams)
         self.streams.clear()
+        self.published.clear()
         self.nbytes = 0
         self.dedup.clear()
         self.dedup_order.clear()
