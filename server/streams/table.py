@@ -252,11 +252,11 @@ class StreamTable:
             self._forget(next(iter(self.streams)))
         for exp, key, value in state.get("dedup", []):
             k = (key[0], key[1], key[2])
-            s = self.streams.get(k[0])
-            if s is None or s.epoch != value[1]:
+            owner = self.streams.get(k[0])
+            if owner is None or owner.epoch != value[1]:
                 continue
             self.dedup[k] = (value[0], value[1], exp)
-            s.keys.add(k)
+            owner.keys.add(k)
             self.dedup_order.append((exp, k))
         self.dedup_order = deque(sorted(self.dedup_order, key=lambda e: e[0]))
         if self.nbytes > self.max_bytes and self.published:
