@@ -27,7 +27,7 @@ from .aio import DEFAULT_URL
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = ("demo", "chat", "stress")
+COMMANDS = ("demo", "chat", "stress", "publish")
 
 
 def _url(value: str) -> str:
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stress.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     stress.add_argument("--no-progress", action="store_true", help="no progress bar (it is drawn only on a terminal)")
+    from .publish import add_parser as add_publish_parser
+
+    add_publish_parser(sub, common)
     return parser
 
 
@@ -232,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 run_chat(args.url, args.codec, args.user, args.room, args.wait, cafile=args.cafile, token=args.token)
             )
+        if args.command == "publish":
+            from .publish import run_publish
+
+            return run_publish(args)
         return _stress(args)
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,1 @@
+"""A live auction: see README.md in this folder."""
