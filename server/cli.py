@@ -19,7 +19,7 @@ from typing import Any
 from .config import GROUPS, Config, config_from_env, options, options_markdown, parse_csv
 from .errors import ConfigError
 
-PROG = "python -m server"
+PROG = "fanwire" if os.path.basename(sys.argv[0]) == "fanwire" else "python -m server"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,13 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = build_parser()
     ns = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        from .serve import preflight
+    from .runner import Server
 
-        preflight(cfg)
+    try:
+        server = Server(config=config_from_args(ns))
+        return server.start()  # usage errors (a bad --app, a missing extra) come before anything starts
     except ConfigError as exc:
         parser.error(str(exc))
-    from .serve import serve
-
-    return serve(cfg)

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .handlers import MODES
 from .loops import LOOPS
 
+MIN_API_KEY_BYTES: Final = 16
 MIN_SECRET_BYTES: Final = 32  # an HS256 key MUST be at least as long as the hash output (RFC 7518 3.2)
 TRUE: Final = frozenset(("1", "true", "yes", "on"))
 FALSE: Final = frozenset(("0", "false", "no", "off"))
@@ -76,6 +77,9 @@ class Config:
                        "engine (for comparisons and conformance suites)", choices=tuple(MODES))
     loop: str = option("uvloop", "where", "event loop of the workers (asyncio: for comparison)",
                        choices=tuple(LOOPS))
+    app: str | None = option(None, "where", "the application to run in every worker: an import string "
+                             "'module:attribute' naming a server.App (custom actions, hooks, authentication)",
+                             parse_optional, shown_default="none", metavar="MODULE:APP")
     # --- messages and connections ------------------------------------------------------------------
     max_message_size: int = option(1 << 20, "messages", "bytes; a larger message closes with 1009")
     max_queue: int = option(1 << 20, "messages", "bytes of unsent output per client; beyond it the client "
@@ -119,6 +123,15 @@ class Config:
                                     "oldest messages first")
     dedup_window: float = option(60.0, "streams", "seconds a resend with the same id from the same session "
                                  "is recognised (and acknowledged again without publishing twice)")
+    presence_max_members: int = option(1000, "streams", "members of one room one worker tracks for presence "
+                                       "(joins with presence: true); beyond it a join succeeds without presence "
+                                       "and says so")
+    # --- HTTP API for back ends (off by default) -------------------------------------------------------------
+    api_key: str | None = option(None, "api", "Bearer key of the HTTP API (/api/...; >= 16 bytes); without it "
+                                 "(and without --auth-secret, whose admin tokens also open it) /api/ answers 404; "
+                                 "prefer FANWIRE_API_KEY", parse_optional, shown_default="off")
+    api_rate: float = option(1000.0, "api", "HTTP API requests per second per worker (bursts of one second); "
+                             "beyond it 429", metavar="REQS_PER_S")
     # --- security and limits (all off by default) --------------------------------------------------------
     certfile: str | None = option(None, "security", "PEM certificate chain: serve wss:// (with --keyfile)",
                                   parse_optional, shown_default="off")
@@ -171,6 +184,13 @@ class Config:
         for name in ("history_ttl", "dedup_window"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 seconds")
+        if self.presence_max_members < 0:
+            raise ConfigError("presence_max_members must be >= 0 (0 = no presence)")
+        if self.api_key is not None and len(self.api_key.encode()) < MIN_API_KEY_BYTES:
+            raise ConfigError(f"the API key must be at least {MIN_API_KEY_BYTES} bytes; make one with: "
+                              "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        if self.api_rate <= 0:
+            raise ConfigError("api_rate must be > 0")
         if self.rate_burst <= 0:
             raise ConfigError("rate_burst must be > 0 seconds")
         if self.auth_secret is not None and len(self.auth_secret.encode()) < MIN_SECRET_BYTES:
@@ -182,6 +202,10 @@ class Config:
         return BusSettings(node, worker_id, endpoint, self.redis_url, self.max_message_size, self.bus_high_water,
                            self.bus_max_queue, self.worker_count, takeover, self.history_size, self.history_ttl,
                            self.history_max_bytes, self.dedup_window)
+
+    @property
+    def api_enabled(self) -> bool:
+        return self.api_key is not None or self.auth_secret is not None
 
     @property
     def worker_count(self) -> int:
@@ -202,7 +226,8 @@ class Config:
 GROUPS: Final = {"where": "where and how many", "messages": "messages and connections",
                  "timing": "heartbeats and timeouts", "bus": "bus (workers and nodes)",
                  "streams": "streams: history, recovery, acknowledgements",
-                 "security": "security and limits (all off by default)", "logging": "logging"}
+                 "security": "security and limits (all off by default)",
+                 "api": "HTTP API for back ends (off by default)", "logging": "logging"}
 
 
 @dataclass(frozen=True, slots=True)

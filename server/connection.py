@@ -250,7 +250,8 @@ class Conn(Session, asyncio.Protocol):
         self.state = HTTP
         self.head = None
         self.close_reason = self.close_reason or "http"
-        self.owner.push(self, http_response.error(exc.status, exc.detail, exc.headers))
+        self.owner.push(self, http_response.error(exc.status, exc.detail, exc.headers,
+                                                  exc.reason if exc.json else None))
         self._end()
 
     def upgrade(self, response: bytes, subprotocol: str | None, extensions: list[Any]) -> None:

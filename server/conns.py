@@ -9,10 +9,14 @@ the only place a connection leaves the hub.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .application import Accept, Refuse, Request
 from .config import Config
 from .connection import Conn, Limits
 from .errors import HttpError
@@ -21,6 +25,8 @@ from .metrics import Metrics
 from .protocol import (
     ALLOW_ALL,
     DEFAULT_ROOM,
+    MAX_ROOM_LEN,
+    MAX_USER_LEN,
     Policy,
     error_msg,
     new_session_token,
@@ -31,6 +37,8 @@ from .security.admission import Gate, Refusal
 from .security.iptable import IpTable
 from .security.ratelimit import KICK, RateLimiter
 from .streams import BROADCAST
+
+log = logging.getLogger("fanwire.worker")
 
 if TYPE_CHECKING:
     from .http.request import HttpRequest
@@ -51,7 +59,9 @@ class ConnHost:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by Worker.run
         self.limits = Limits(max_message_size=cfg.max_message_size, max_fragments=cfg.max_fragments,
                              frame_budget=cfg.frame_budget, close_timeout=cfg.close_timeout,
-                             handshake_timeout=cfg.handshake_timeout)
+                             handshake_timeout=cfg.handshake_timeout,
+                             # the HTTP API's bodies: a publication's data plus its envelope; 0 = no body
+                             max_body=cfg.max_message_size + 1024 if cfg.api_enabled else 0)
         self.policy: Policy = ALLOW_ALL
         self.push = hub.push
         self.handshaking: set[Conn] = set()
@@ -118,15 +128,21 @@ class ConnHost:
         if self.ip_table is not None:
             self.ip_table.add(conn.peer_ip, -1)
         if conn in self.hub.conns:
+            self.messaging.closed(conn)  # presence ends, disconnect hooks run
             self.hub.remove(conn, conn.streams())
             self.metrics.inc(self.metrics.closed, conn.close_code())
 
     # --- admission and opening ------------------------------------------------------------------------------
 
-    def admit(self, conn: Conn, request: HttpRequest) -> HttpError | None:
+    def admit(self, conn: Conn, request: HttpRequest) -> HttpError | Awaitable[HttpError | None] | None:
+        """Origin, token (or the application's ``authenticate`` hook) and caps: a refusal, None, or (an async
+        hook) an awaitable of either."""
         token = request.query.get("session")
         if token is not None and not valid_session_token(token):
             return HttpError(400, "malformed 'session': 16 to 64 characters of A-Z a-z 0-9 _ -", "bad_request")
+        app = self.messaging.app
+        if app is not None and app.authenticator is not None:
+            return self._authenticate(conn, request, app.authenticator)
         if not self.gated:
             return None
         origin = request.header_all("origin")
@@ -140,6 +156,44 @@ class ConnHost:
         if refusal is None:
             return None
         return HttpError(refusal.status, refusal.detail, refusal.reason, refusal.headers)
+
+    def _authenticate(self, conn: Conn, request: HttpRequest,
+                      hook: Callable[[Request], Any]) -> HttpError | Awaitable[HttpError | None] | None:
+        """The application decides instead of JWT; the origin check and the caps still hold."""
+        refusal = self.gate.check_origin_and_caps(request.header("origin"), conn.peer_ip, len(self.hub.conns))
+        if refusal is not None:
+            return HttpError(refusal.status, refusal.detail, refusal.reason, refusal.headers)
+        req = Request(request.path, request.query, dict(request.headers), conn.peer_ip)
+        try:
+            verdict = hook(req)
+        except Exception:
+            log.exception("the application's authenticate hook failed")
+            self.metrics.inc(self.metrics.app_errors, "authenticate")
+            return HttpError(500, "authentication failed", "auth_error")
+        if inspect.isawaitable(verdict):
+            return self._authenticated_later(conn, verdict)
+        return self._verdict(conn, verdict)
+
+    async def _authenticated_later(self, conn: Conn, verdict: Awaitable[Any]) -> HttpError | None:
+        try:
+            return self._verdict(conn, await verdict)
+        except Exception:
+            log.exception("the application's authenticate hook failed")
+            self.metrics.inc(self.metrics.app_errors, "authenticate")
+            return HttpError(500, "authentication failed", "auth_error")
+
+    def _verdict(self, conn: Conn, verdict: Any) -> HttpError | None:
+        from .security.auth import Grant
+
+        if isinstance(verdict, Accept) and _valid_accept(verdict):
+            conn.grant = Grant(verdict.user, frozenset(verdict.rooms), verdict.broadcast, math.inf, verdict.admin)
+            return None
+        if isinstance(verdict, Refuse) and type(verdict.status) is int and 400 <= verdict.status <= 599:
+            return HttpError(verdict.status, str(verdict.reason)[:200], "app_refused")
+        log.error("authenticate returned %r: expected Accept(user of 1 to %d characters, rooms: strings) or "
+                  "Refuse(status 400..599)", verdict, MAX_USER_LEN)
+        self.metrics.inc(self.metrics.app_errors, "authenticate")
+        return HttpError(500, "authentication failed", "auth_error")
 
     def open(self, conn: Conn, request: HttpRequest) -> None:
         """The WebSocket is open: make it a client (see the module docstring)."""
@@ -173,6 +227,9 @@ class ConnHost:
             if grant is not None:
                 welcome["user"] = grant.user
             self.messaging.reply(conn, welcome)
+        apps = self.messaging.apps
+        if apps is not None:
+            apps.connected(conn)
         if self.stopping:  # accepted while stopping (drained backlog, handshake in flight): send it on
             conn.close(self.stop_code, "server restarting" if self.stop_code == 1012 else "server shutting down",
                        self.stopping)
@@ -201,3 +258,9 @@ def _message_id(conn: Conn, payload: bytes) -> Any:
         return None
     mid = msg.get("id") if type(msg) is dict else None
     return mid if type(mid) in (str, int) else None
+
+
+def _valid_accept(verdict: Accept) -> bool:
+    return (type(verdict.user) is str and 0 < len(verdict.user) <= MAX_USER_LEN
+            and isinstance(verdict.rooms, (tuple, list, frozenset, set))
+            and all(type(r) is str and 0 < len(r) <= MAX_ROOM_LEN for r in verdict.rooms))

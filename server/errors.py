@@ -15,8 +15,10 @@
      │    ├── UnknownType           unknown ``type``                               code "unknown_type"
      │    ├── UnknownAction         unknown ``custom`` action                      code "unknown_action"
      │    └── RoomError             bad room name, too many rooms, not in room     code varies
-     └── BusError               the bus between workers or nodes failed
-          └── BusFrameError         a malformed frame arrived on the bus (dropped and counted)
+     ├── BusError               the bus between workers or nodes failed
+     │    └── BusFrameError         a malformed frame arrived on the bus (dropped and counted)
+     └── PublishFailed          a server-side publication (application, HTTP API) was not sequenced;
+                                has the ``code`` a client would get (``unavailable``: send it again)
 
 ``ProtocolViolation`` never closes a connection: the worker turns it into an ``error`` reply.
 ``RemoteProtocolError`` always does: an HTTP error status, or a close frame with its code.
@@ -52,15 +54,16 @@ class RemoteProtocolError(FanwireError):
 
 class HttpError(RemoteProtocolError):
     """A request refused before any WebSocket exists: ``status`` and a one-line ``detail``; ``reason``
-    labels the metric."""
+    labels the metric (and is the error code of a JSON answer: ``json`` is set for the HTTP API's paths)."""
 
     def __init__(self, status: int, detail: str, reason: str = "bad_request",
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 headers: tuple[tuple[str, str], ...] = (), json: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.reason = reason
         self.headers = headers
+        self.json = json
 
 
 class WsProtocolError(RemoteProtocolError):
@@ -110,3 +113,11 @@ class BusError(FanwireError):
 
 class BusFrameError(BusError):
     """A frame on the bus could not be parsed."""
+
+
+class PublishFailed(FanwireError):
+    """A publication of the server's own (``ctx.publish``, the HTTP API) was not sequenced."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"the publication was not sequenced: {code}")
+        self.code = code

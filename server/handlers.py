@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .protocol import (
+    Custom,
     Join,
     Publish,
+    QueryPresence,
     QueryStats,
     Reply,
     Unsubscribe,
@@ -44,6 +46,10 @@ class MessageSink(Protocol):
     def unsubscribe(self, conn: Conn, room: str) -> None: ...
 
     def query_stats(self, conn: Conn, query: QueryStats) -> None: ...
+
+    def custom(self, conn: Conn, call: Custom) -> None: ...
+
+    def query_presence(self, conn: Conn, query: QueryPresence) -> None: ...
 
     def count_in(self, mtype: str, nbytes: int) -> None: ...
 
@@ -85,6 +91,10 @@ def chat_handler(sink: MessageSink) -> Handler:
                     sink.unsubscribe(conn, room)
                 case QueryStats():
                     sink.query_stats(conn, action)
+                case Custom():
+                    sink.custom(conn, action)
+                case QueryPresence():
+                    sink.query_presence(conn, action)
 
     return on_message
 

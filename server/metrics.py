@@ -36,6 +36,10 @@ HELP: Final[dict[str, str]] = {
     "fanwire_handshakes_refused_total": "Connections refused or dropped before the WebSocket opened, by reason.",
     "fanwire_rate_limited_total": "Messages refused by the rate limit (answered with an error), by limit.",
     "fanwire_policy_closes_total": "Open connections closed with 1008, by reason (rate_limited, token_expired).",
+    "fanwire_app_errors_total": "Exceptions raised by the application's code (server.App), by kind (action, hook, authenticate).",
+    "fanwire_api_requests_total": "HTTP API requests, by route.",
+    "fanwire_api_refused_total": "HTTP API requests refused, by error code.",
+    "fanwire_presence_full_total": "Joins that asked for presence in a room whose presence list was full on their worker.",
     "fanwire_rooms": "Rooms with at least one member (summed over workers).",
     "fanwire_workers": "Workers that answered this scrape.",
     "fanwire_worker_connections": "Open connections per worker.",
@@ -54,11 +58,38 @@ HELP: Final[dict[str, str]] = {
 class Metrics:
     """Counters of one worker. Hot paths touch plain dicts and ints only."""
 
-    __slots__ = ("bus_bytes_in", "bus_bytes_out", "bus_dropped", "bus_frames_in", "bus_frames_out",
-                 "bytes_in", "bytes_out", "closed", "dropped", "errors", "handshakes_failed",
-                 "heartbeat_timeouts", "held", "http_discarded", "http_requests", "messages_in", "messages_out", "opened",
-                 "policy_closes", "publishes", "rate_limited", "redis_messages_in", "redis_messages_out",
-                 "redis_reconnects", "refused", "slow_consumers")
+    __slots__ = (
+        "api_refused",
+        "api_requests",
+        "app_errors",
+        "bus_bytes_in",
+        "bus_bytes_out",
+        "bus_dropped",
+        "bus_frames_in",
+        "bus_frames_out",
+        "bytes_in",
+        "bytes_out",
+        "closed",
+        "dropped",
+        "errors",
+        "handshakes_failed",
+        "heartbeat_timeouts",
+        "held",
+        "http_discarded",
+        "http_requests",
+        "messages_in",
+        "messages_out",
+        "opened",
+        "policy_closes",
+        "presence_full",
+        "publishes",
+        "rate_limited",
+        "redis_messages_in",
+        "redis_messages_out",
+        "redis_reconnects",
+        "refused",
+        "slow_consumers",
+    )
 
     def __init__(self) -> None:
         self.opened = 0
@@ -87,6 +118,10 @@ class Metrics:
         self.refused: dict[str, int] = {}
         self.rate_limited: dict[str, int] = {}
         self.policy_closes: dict[str, int] = {}
+        self.app_errors: dict[str, int] = {}
+        self.api_requests: dict[str, int] = {}
+        self.api_refused: dict[str, int] = {}
+        self.presence_full = 0
 
     @staticmethod
     def inc(counter: dict[Any, int], key: Any, n: int = 1) -> None:
@@ -132,6 +167,10 @@ class Metrics:
             "fanwire_handshakes_refused_total": _labelled("reason", self.refused),
             "fanwire_rate_limited_total": _labelled("limit", self.rate_limited),
             "fanwire_policy_closes_total": _labelled("reason", self.policy_closes),
+            "fanwire_app_errors_total": _labelled("kind", self.app_errors),
+            "fanwire_api_requests_total": _labelled("route", self.api_requests),
+            "fanwire_api_refused_total": _labelled("code", self.api_refused),
+            "fanwire_presence_full_total": {"": self.presence_full},
             "fanwire_rooms": {"": rooms},
             "fanwire_workers": {"": 1},
             "fanwire_worker_connections": {f'worker="{worker}"': connections},

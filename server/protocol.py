@@ -11,8 +11,13 @@ together with the connection's :class:`Session`, and carries out the returned ac
   (built by :func:`joined_msg`).
 - :class:`Unsubscribe`: the session left a room: mirror it in the hub's room index.
 - :class:`QueryStats`: gather stats from every worker, then reply.
+- :class:`QueryPresence`: gather a room's presence list from every worker (and node), then reply.
+- :class:`Custom`: an application's action (or ``unknown_action`` when the application has none).
 
 See docs/protocol.md for the wire format.
+
+Why this module is long: every client message type is parsed and validated here, in one place, so that one
+table of checks (lengths, types, the v1.1 ``since``/``id`` rules) guards every path into the server.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ DEFAULT_ROOM: Final = "lobby"
 MAX_ROOM_LEN: Final = 128
 MAX_USER_LEN: Final = 64
 MAX_ID_LEN: Final = 256
+MAX_ACTION_LEN: Final = 64
 SYSTEM_PREFIX: Final = "$"  # rooms of the server's own: $broadcast, $stats
 STATS_ROOM: Final = "$stats"
+PRESENCE_PREFIX: Final = "$presence:"  # a room's presence events (server.presence)
 _SESSION = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -109,6 +116,7 @@ class Join:
     since: tuple[int, str] | None
     id: Any = None
     already: bool = False
+    presence: bool = False  # track the session in the room (see server.presence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,24 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Custom:
+    """A ``custom`` action the protocol does not know itself: the application's (see server.App), or none
+    (then ``unknown_action``)."""
+
+    action: str
+    data: Any
+    id: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPresence:
+    """Gather ``room``'s presence list from every worker, then reply ``presence_list``."""
+
+    room: str
+    id: Any
+
+
+@dataclass(frozen=True, slots=True)
 class QueryStats:
     """Gather stats from every worker, then reply (with ``id`` and ``data`` echoed)."""
 
@@ -126,7 +152,7 @@ class QueryStats:
     data: Any
 
 
-Action = Reply | Publish | Join | Unsubscribe | QueryStats
+Action = Reply | Publish | Join | Unsubscribe | QueryStats | QueryPresence | Custom
 
 
 class Policy:
@@ -189,13 +215,16 @@ def welcome_msg(session: Session, worker: int, node: str, now_ms: int, heartbeat
 
 
 def joined_msg(session: Session, join: Join, epoch: str, latest: int, recovered: bool | None,
-               replayed: int) -> dict[str, Any]:
-    """The answer to a join, once the stream's position (and replay) is known."""
+               replayed: int, presence: object = None) -> dict[str, Any]:
+    """The answer to a join, once the stream's position (and replay) is known; ``presence`` says whether
+    the session is tracked when the join asked for it."""
     msg: dict[str, Any] = {"type": "joined", "room": join.stream, "rooms": list(session.rooms),
                            "offset": latest, "epoch": epoch}
     if join.since is not None and not join.already:
         msg["recovered"] = bool(recovered)
         msg["replayed"] = replayed
+    if join.presence:
+        msg["presence"] = bool(presence)  # None (or False): the room's presence list was full
     if join.id is not None:
         msg["id"] = join.id
     return msg
@@ -345,6 +374,11 @@ def _join(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, po
     if not policy.may_join(session, room):
         raise ProtocolViolation(f"not allowed to join room {room!r}", "forbidden")
     mid = msg.get("id")
+    presence = msg.get("presence", False)
+    if type(presence) is not bool:
+        raise BadMessage("'presence' must be true or false")
+    if presence and room.startswith(SYSTEM_PREFIX):
+        raise RoomError(f"presence is for rooms, not for {room!r}")
     if room == BROADCAST:
         already = session.broadcasts
         session.broadcasts = True
@@ -359,11 +393,11 @@ def _join(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, po
     if room in rooms:
         rooms.remove(room)  # already a member: only becomes current again
         rooms.append(room)
-        return [Join(room, since, mid, already=True)]
+        return [Join(room, since, mid, already=True, presence=presence)]
     if len(rooms) >= max_rooms:
         raise RoomError(f"at most {max_rooms} rooms per connection", "too_many_rooms")
     rooms.append(room)
-    return [Join(room, since, mid)]
+    return [Join(room, since, mid, presence=presence)]
 
 
 def _leave(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, policy: Policy) -> list[Action]:
@@ -374,8 +408,8 @@ def _leave(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, p
             raise RoomError(f"not in room {room!r}", "not_in_room")
         session.broadcasts = False
     elif room.startswith(SYSTEM_PREFIX):
-        if not session.system or room not in session.system:
-            raise RoomError(f"not in room {room!r}", "not_in_room")
+        if not session.system or room not in session.system or room.startswith(PRESENCE_PREFIX):
+            raise RoomError(f"not in room {room!r}", "not_in_room")  # presence ends by leaving its room
         session.system.discard(room)
     else:
         if room not in session.rooms:
@@ -385,14 +419,27 @@ def _leave(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int, p
     return [Unsubscribe(room), Reply(reply)]
 
 
+def _get_presence(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int,
+                  policy: Policy) -> list[Action]:
+    room = _room(msg)
+    assert room is not None
+    if room not in session.rooms and not policy.is_admin(session):
+        raise RoomError(f"not in room {room!r}: only members (and admins) see its presence", "not_in_room")
+    return [QueryPresence(room, msg.get("id"))]
+
+
 def _custom(session: Session, msg: dict[str, Any], now_ms: int, max_rooms: int,
             policy: Policy) -> list[Action]:
     action = _str_field(msg, "action")
+    data = msg.get("data")
+    if data is not None:
+        _carried(data, "data")
     if action == "get_stats":
-        data = msg.get("data")
-        return [QueryStats(msg.get("id"), None if data is None else _carried(data, "data"))]
+        return [QueryStats(msg.get("id"), data)]
     assert action is not None
-    raise UnknownAction(f"unknown action {action[:64]!r}; known: get_stats")
+    if not 0 < len(action) <= MAX_ACTION_LEN:
+        raise UnknownAction(f"unknown action {action[:64]!r}")
+    return [Custom(action, data, msg.get("id"))]
 
 
 HANDLERS: Final[dict[str, Handler]] = {
@@ -403,6 +450,7 @@ HANDLERS: Final[dict[str, Handler]] = {
     "join": _join,
     "leave": _leave,
     "custom": _custom,
+    "get_presence": _get_presence,
 }
 MESSAGE_TYPES: Final = tuple(HANDLERS)
 

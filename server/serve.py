@@ -6,7 +6,10 @@ The command line (:mod:`.cli`) and the library (:class:`server.Server`) both go 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
+from .application import App
 from .bus.registry import BUSES
 from .config import Config
 from .errors import BootError, ConfigError
@@ -39,7 +42,21 @@ def preflight(cfg: Config) -> None:
             raise ConfigError("--auth-secret needs PyJWT: pip install 'fanwire[auth]'") from None
 
 
-def serve(cfg: Config) -> int:
+def load_app(cfg: Config, app: App | None = None) -> App | None:
+    """The application to run: the object given, or the one ``--app`` names (ConfigError if it cannot)."""
+    if app is not None:
+        return app
+    if cfg.app:
+        from .application import load
+
+        cwd = os.getcwd()  # like uvicorn: the application may live in the current directory, whatever
+        if "" not in sys.path and cwd not in sys.path:  # started us (python -m puts it there, a script not)
+            sys.path.insert(0, cwd)
+        return load(cfg.app)
+    return None
+
+
+def serve(cfg: Config, app: App | None = None, ready_fd: int | None = None) -> int:
     """Run the supervisor until SIGINT/SIGTERM; returns the exit code."""
     from .logs import setup_logging
     from .supervisor import Supervisor
@@ -47,7 +64,7 @@ def serve(cfg: Config) -> int:
     setup_logging(cfg.log_level, "supervisor")
     cfg, reservation = reserve_port(cfg)  # port 0: one free port for every worker
     try:
-        return Supervisor(cfg).run()
+        return Supervisor(cfg, app=app, ready_fd=ready_fd).run()
     finally:
         if reservation is not None:
             reservation.close()

@@ -14,34 +14,56 @@ from typing import Any, Final
 
 MAX_LISTED_ROOMS: Final = 1000  # rooms an admin's stats list, the largest first
 MAX_QUERY_ROOMS: Final = 4096  # rooms one gathering round may ask about
+MAX_QUERY_CLIENTS: Final = 256  # clients one gathering round may close
 
 
 @dataclass(slots=True)
 class StatsQuery:
-    """What a gathering round asks every worker to count besides its figures: these rooms' members, or
-    (``all_rooms``) its largest rooms."""
+    """What a gathering round asks every worker besides its figures: these rooms' members, or
+    (``all_rooms``) its largest rooms; the presence lists of ``presence`` rooms; and, for the HTTP API,
+    to close the clients named in ``disconnect`` (each worker answers how many it closed)."""
 
     rooms: set[str] = field(default_factory=set)
     all_rooms: bool = False
+    presence: set[str] = field(default_factory=set)
+    disconnect: dict[str, tuple[int, str]] = field(default_factory=dict)  # client id -> (close code, reason)
 
-    def add(self, rooms: Iterable[str], all_rooms: bool) -> None:
+    def add(self, rooms: Iterable[str], all_rooms: bool, presence: Iterable[str] = (),
+            disconnect: Iterable[tuple[str, int, str]] = ()) -> None:
         self.all_rooms |= all_rooms
-        for r in rooms:
-            if len(self.rooms) >= MAX_QUERY_ROOMS:
+        for target, items in ((self.rooms, rooms), (self.presence, presence)):
+            for r in items:
+                if len(target) >= MAX_QUERY_ROOMS:
+                    break
+                target.add(r)
+        for client_id, code, reason in disconnect:
+            if len(self.disconnect) >= MAX_QUERY_CLIENTS:
                 break
-            self.rooms.add(r)
+            self.disconnect[client_id] = (code, reason)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"rooms": sorted(self.rooms), "all": self.all_rooms}
+        wire: dict[str, Any] = {"rooms": sorted(self.rooms), "all": self.all_rooms}
+        if self.presence:
+            wire["presence"] = sorted(self.presence)
+        if self.disconnect:
+            wire["disconnect"] = [[c, code, reason] for c, (code, reason) in self.disconnect.items()]
+        return wire
 
     @classmethod
     def from_wire(cls, data: Any) -> StatsQuery:
         """A query from another worker (malformed parts are ignored)."""
         q = cls()
         if isinstance(data, dict):
-            rooms = data.get("rooms")
-            q.add((r for r in rooms if type(r) is str) if isinstance(rooms, list) else (), bool(data.get("all")))
+            closing = data.get("disconnect")
+            q.add(_strings(data.get("rooms")), bool(data.get("all")), _strings(data.get("presence")),
+                  [(d[0], d[1], d[2]) for d in (closing if isinstance(closing, list) else [])
+                   if isinstance(d, list) and len(d) == 3 and type(d[0]) is str and type(d[1]) is int
+                   and 4000 <= d[1] <= 4999 and type(d[2]) is str and len(d[2]) <= 120])
         return q
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if type(v) is str] if isinstance(value, list) else []
 
 
 def room_counts(rooms: Mapping[str, Any], query: StatsQuery | None) -> dict[str, int]:

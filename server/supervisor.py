@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
 
+from .application import App
 from .bus import pipeframe as busframe
 from .bus.pipebus import MAX_PACKET, make_mesh
 from .bus.registry import is_cluster
@@ -67,6 +68,8 @@ class Supervisor:
 
     cfg: Config
     node: str = ""
+    app: App | None = None  # the application every worker runs (inherited through fork)
+    ready_fd: int | None = None  # told "<url>\n" once every worker is ready (a Server in the background)
     procs: dict[int, WorkerProc] = field(default_factory=dict)  # by pid
     slots: dict[int, WorkerProc] = field(default_factory=dict)  # the current worker of each slot
     signals: deque[int] = field(default_factory=deque)
@@ -178,8 +181,10 @@ class Supervisor:
                     if ep != endpoint:
                         for s in socks.values():
                             s.close()
+                if self.ready_fd is not None:
+                    os.close(self.ready_fd)
                 code = worker_main(self.cfg, slot, endpoint, self.mesh[endpoint], w, self.node, self.ip_table,
-                                   takeover)
+                                   takeover, self.app)
             except BaseException:
                 traceback.print_exc()
                 code = 1
@@ -233,6 +238,11 @@ class Supervisor:
             self.announced = True
             lifecycle.info("ready, %d worker%s on %s (supervisor pid %d)", self.n, "" if self.n == 1 else "s",
                            self.cfg.url, os.getpid())
+            if self.ready_fd is not None:
+                try:
+                    os.write(self.ready_fd, f"{self.cfg.url}\n".encode())
+                except OSError as exc:
+                    log.debug("ready pipe: %s", exc)
 
     def reap(self) -> None:
         while True:

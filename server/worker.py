@@ -25,6 +25,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from . import listener, loops
+from .application import App
 from .bus import Bus
 from .bus import registry as buses
 from .config import Config
@@ -33,6 +34,7 @@ from .conns import ConnHost
 from .errors import BootError
 from .handlers import MODES
 from .heartbeat import Heartbeat
+from .http.api import Api
 from .http.routes import Router
 from .hub import Hub
 from .logs import lifecycle
@@ -52,7 +54,8 @@ class Worker:
     heartbeat, and its lifecycle (run, stop, staged shutdown)."""
 
     def __init__(self, cfg: Config, worker_id: int, sock: socket.socket, bus: Bus, metrics: Metrics,
-                 status_fd: int | None = None, node: str = "", ip_table: IpTable | None = None) -> None:
+                 status_fd: int | None = None, node: str = "", ip_table: IpTable | None = None,
+                 app: App | None = None) -> None:
         self.cfg = cfg
         self.id = worker_id
         self.pid = os.getpid()
@@ -73,7 +76,8 @@ class Worker:
         self.messaging = Messaging(self.hub, bus, metrics, worker_id=worker_id, node=node,
                                    max_rooms=cfg.max_rooms, stats_timeout=cfg.stats_timeout,
                                    worker_count=cfg.worker_count, cluster_bus=buses.is_cluster(cfg.bus),
-                                   spawn=self.spawn)
+                                   spawn=self.spawn, app=app if app is not None and not app.empty else None,
+                                   presence_max_members=cfg.presence_max_members)
         self.messaging.pid = self.pid
         self.host.messaging = self.messaging
         self.host.on_message = MODES[cfg.mode](self.messaging)
@@ -82,7 +86,7 @@ class Worker:
             from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
             self.extension_factories = [ServerPerMessageDeflateFactory()]
-        self.host.router = Router(self)
+        self.host.router = Router(self, Api(cfg, self.messaging, metrics, self.spawn))
         self.ssl: ssl.SSLContext | None = None
         if cfg.certfile and cfg.keyfile:
             from .security.tls import server_context
@@ -221,7 +225,8 @@ class Worker:
 
 
 def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int, socket.socket],
-                status_fd: int | None, node: str, ip_table: IpTable | None = None, takeover: bool = False) -> int:
+                status_fd: int | None, node: str, ip_table: IpTable | None = None, takeover: bool = False,
+                app: App | None = None) -> int:
     """Entry point in the forked child. Returns the process exit code."""
     from .logs import setup_logging
 
@@ -238,7 +243,7 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
         bus = buses.make(cfg.bus, cfg.bus_settings(node, worker_id, endpoint, takeover), bus_socks, m)
         if ip_table is not None:
             ip_table.bind(endpoint)
-        worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table)
+        worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table, app)
     except BootError as exc:
         return _boot_failed(f"worker {worker_id}: {exc}", status_fd)
     loops.run(cfg.loop, worker.run())

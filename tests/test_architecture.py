@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE = ["server/protocol.py", "server/codecs.py", "server/stats.py", "server/metrics.py", "server/backoff.py",
         "server/errors.py", "server/ws/frames.py", "server/http/request.py", "server/http/response.py",
         "server/bus/pipeframe.py", "server/bus/redisframe.py", "server/bus/cluster.py",
-        "server/security/auth.py", "server/security/ratelimit.py", "server/security/admission.py"]
+        "server/security/auth.py", "server/security/ratelimit.py", "server/security/admission.py",
+        "server/streams/stamp.py", "server/streams/table.py", "server/streams/stitch.py", "server/streams/owner.py",
+        "server/application.py"]
 IO_MODULES = {"asyncio", "socket", "os", "subprocess", "select", "signal", "ssl", "mmap", "threading",
               "uvloop", "redis", "selectors"}
 CLIENT_MAY_USE = {"server.backoff", "server.protocol", "server.codecs", "server.errors"}

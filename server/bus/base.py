@@ -91,6 +91,14 @@ class BusHandler(Protocol):
 
     def stats_snapshot(self, query: StatsQuery | None = None) -> dict[str, Any]: ...
 
+    def presence_part(self, room: str) -> dict[str, Any] | None:
+        """This worker's presence list of ``room`` (``{"count", "members"}``), None when it tracks nobody."""
+        ...
+
+    def on_control(self, command: dict[str, Any]) -> None:
+        """A command another node sent every worker of the cluster (see :meth:`Bus.control`)."""
+        ...
+
 
 class Bus(abc.ABC):
     """Sequences publications and carries them between workers; answers history; gathers stats."""
@@ -132,6 +140,17 @@ class Bus(abc.ABC):
         counts for the other nodes' stats; one that carries everything (the pipe bus) ignores it. Called
         synchronously on every join and leave: must be cheap, never raise.
         """
+
+    def presence_changed(self, room: str) -> None:  # noqa: B027  (optional hook, no-op by default)
+        """This worker's tracked members of ``room`` changed. A bus that serves the other nodes' presence
+        lists (Redis) writes the room's list again, read back through :meth:`BusHandler.presence_part`;
+        must be cheap (changes are coalesced), never raise."""
+
+    def control(self, command: dict[str, Any]) -> int:
+        """Send ``command`` (small, msgpack-able) to every worker of the *other* nodes, which get it through
+        :meth:`BusHandler.on_control`; returns how many other nodes are alive (0 on a one-machine bus, whose
+        own workers are reached through a stats round instead)."""
+        return 0
 
     def congested(self) -> bool:
         """True while more is waiting to be sent than the bus wants to hold: the worker then stops reading

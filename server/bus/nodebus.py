@@ -38,6 +38,8 @@ class _FromRedis:
     def __init__(self, local: PipeBus, handler: BusHandler) -> None:
         self.on_publication = local.streams.on_remote
         self.stats_snapshot = handler.stats_snapshot
+        self.presence_part = handler.presence_part
+        self.on_control = handler.on_control
 
 
 class NodeBus(Bus):
@@ -65,6 +67,12 @@ class NodeBus(Bus):
     def room_members(self, room: str, count: int) -> None:
         self.local.room_members(room, count)
         self.remote.room_members(room, count)
+
+    def presence_changed(self, room: str) -> None:
+        self.remote.presence_changed(room)
+
+    def control(self, command: dict[str, Any]) -> int:
+        return self.remote.control(command)
 
     async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
         """This node's other workers (fresh, over the pipes) and the other nodes' workers (from Redis)."""

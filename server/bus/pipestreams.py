@@ -34,6 +34,9 @@ one source at a time, and never sees two sequencers of one stream interleaved.
 Operations for a slot with no known owner (between a death and the replacement's HELLO) or a held one
 wait, at most ``wait_s`` seconds and ``max_waiting`` of them per slot; beyond that they fail with
 ``unavailable``.
+
+Why this module is long: ownership, hand-over and the cluster switch are one state machine per slot over
+one set of frames; split, each half would have to know the other's states.
 """
 
 from __future__ import annotations

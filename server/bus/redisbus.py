@@ -134,6 +134,7 @@ class RedisBus(Bus):
         rf.header(self._node_b, worker_id, None)  # raises BusFrameError early for an absurd node id
         self._member = rf.member(node, worker_id, os.getpid())
         self._bchannel = rf.broadcast_channel(self.prefix)
+        self._cchannel = rf.control_channel(self.prefix)
         self._headers: dict[str, tuple[bytes, bytes]] = {}  # stream -> (channel, envelope header)
         self._handler: BusHandler | None = None
         self._up = False
@@ -150,6 +151,8 @@ class RedisBus(Bus):
         self._sub_changes: dict[str, bool] = {}  # room -> subscribe (True) / unsubscribe, not yet sent
         self._counts: dict[str, int] = {}  # members per room on this worker
         self._count_changes: dict[str, int] = {}  # not yet written to Redis
+        self._presence_rooms: set[str] = set()  # rooms with tracked members here (their lists are in Redis)
+        self._presence_changes: set[str] = set()  # rooms whose list is not yet written again
         self._pending: list[tuple[Submission, Done]] = []
         self._queued = 0  # bytes of submissions waiting (not yet handed to a pipeline)
         self._drained: list[Callable[[], None]] = []  # held publishers, called back below LOW_WATER
@@ -210,6 +213,7 @@ class RedisBus(Bus):
         pipe = client.pipeline(transaction=False)
         pipe.delete(rf.stats_key(self.prefix, self._member))
         pipe.delete(rf.rooms_key(self.prefix, self._member))
+        pipe.delete(rf.presence_key(self.prefix, self._member))
         pipe.zrem(rf.members_key(self.prefix), self._member)
         await pipe.execute()
 
@@ -279,10 +283,13 @@ class RedisBus(Bus):
         pubsub = self._pubsub = client.pubsub()
         self._sub_changes.clear()
         self._confirmed.clear()
-        channels = [self._bchannel] + [self._channel_of(r)[0] for r in self._rooms]
+        channels = [self._bchannel, self._cchannel] + [self._channel_of(r)[0] for r in self._rooms]
         await asyncio.wait_for(self._subscribe_confirmed(pubsub, channels), self.command_timeout)
         self._count_changes.clear()
-        await self._write_counts(client, dict(self._counts), replace=True)
+        await self._write_counts(client, {r: n for r, n in self._counts.items() if not r.startswith("$")},
+                                 replace=True)
+        self._presence_changes.clear()
+        await self._write_presence(client, set(self._presence_rooms), replace=True)
         await self._refresh(client)
         self._up = self._was_up = True
         if self._outage_logged:
@@ -376,6 +383,9 @@ class RedisBus(Bus):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return  # another worker's join: nothing for us
+        if env[:2] == rf.CONTROL:
+            self._on_control(env)
+            return
         if len(env) > self.max_envelope:
             m.inc(m.bus_dropped, "redis_oversized")
             return
@@ -396,6 +406,36 @@ class RedisBus(Bus):
         m.redis_messages_in += 1
         origin = f"{node.decode(errors='replace')}/{worker}"
         handler.on_publication(Publication(room, payload, 0, origin))
+
+    def _on_control(self, env: bytes) -> None:
+        try:
+            command = msgpack.unpackb(env[2:], raw=False) if len(env) <= rf.MAX_CONTROL else None
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            command = None
+        if not isinstance(command, dict):
+            self.metrics.inc(self.metrics.bus_dropped, "redis_bad_frame")
+            return
+        if command.get("from") == self.node or self._handler is None:
+            return  # our own node's workers were reached through its pipe bus
+        self._handler.on_control(command)
+
+    def control(self, command: dict[str, Any]) -> int:
+        client = self._client
+        if not self._up or client is None:
+            return 0
+        data = rf.CONTROL + msgpack.packb({**command, "from": self.node}, use_bin_type=True)
+        if len(data) > rf.MAX_CONTROL:
+            raise ValueError("a control command over 64 KiB")
+
+        async def send() -> None:
+            try:
+                async with asyncio.timeout(self.command_timeout):
+                    await client.publish(self._cchannel, data)
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.warning("redis bus: a control command was not sent: %s", exc)
+
+        asyncio.get_running_loop().create_task(send())
+        return len(self.nodes())
 
     # --- sending ------------------------------------------------------------------------------------
 
@@ -609,6 +649,9 @@ class RedisBus(Bus):
             if self._count_changes:
                 counts, self._count_changes = self._count_changes, {}
                 await self._write_counts(client, counts, replace=False)
+            if self._presence_changes:
+                rooms, self._presence_changes = self._presence_changes, set()
+                await self._write_presence(client, rooms, replace=False)
 
     async def _write_counts(self, client: Any, counts: dict[str, int], replace: bool) -> None:
         """This worker's members per room, in its hash (read by the other nodes' stats)."""
@@ -626,19 +669,51 @@ class RedisBus(Bus):
         async with asyncio.timeout(self.command_timeout):
             await pipe.execute()
 
+    async def _write_presence(self, client: Any, rooms: set[str], replace: bool) -> None:
+        """This worker's presence lists of ``rooms``, in its hash (read by the other nodes)."""
+        handler = self._handler
+        key = rf.presence_key(self.prefix, self._member)
+        pipe = client.pipeline(transaction=False)
+        if replace:
+            pipe.delete(key)
+        live: dict[str, bytes] = {}
+        gone: list[str] = []
+        for room in rooms:
+            part = handler.presence_part(room) if handler is not None else None
+            if part is None:
+                self._presence_rooms.discard(room)
+                gone.append(room)
+            else:
+                live[room] = msgpack.packb(part, use_bin_type=True)
+        if gone and not replace:
+            pipe.hdel(key, *gone)
+        if live:
+            pipe.hset(key, mapping=live)
+        pipe.pexpire(key, self.ttl_ms)
+        async with asyncio.timeout(self.command_timeout):
+            await pipe.execute()
+
+    def presence_changed(self, room: str) -> None:
+        self._presence_rooms.add(room)
+        self._presence_changes.add(room)
+        count_wake = self._count_wake
+        if count_wake is not None and not count_wake.is_set():
+            count_wake.set()
+
     def room_members(self, room: str, count: int) -> None:
         # recorded even while down or connecting: a session subscribes to ``_rooms`` and writes ``_counts``
         # as they are when it starts and clears the changes at that moment, so none is ever lost
-        if room.startswith("$"):
-            return  # the server's own streams: $broadcast has its own channel
+        if room == BROADCAST:
+            return  # it has its own channel, always subscribed
         if count:
             self._counts[room] = count
         else:
             self._counts.pop(room, None)
-        self._count_changes[room] = count
-        count_wake = self._count_wake
-        if count_wake is not None and not count_wake.is_set():
-            count_wake.set()
+        if not room.startswith("$"):  # the server's other streams ($presence:...) are no rooms: not counted
+            self._count_changes[room] = count
+            count_wake = self._count_wake
+            if count_wake is not None and not count_wake.is_set():
+                count_wake.set()
         self._want(room)
 
     def _want(self, room: str) -> None:
@@ -678,6 +753,7 @@ class RedisBus(Bus):
         pipe = client.pipeline(transaction=False)
         pipe.set(rf.stats_key(self.prefix, self._member), data, px=self.ttl_ms)
         pipe.pexpire(rf.rooms_key(self.prefix, self._member), self.ttl_ms)
+        pipe.pexpire(rf.presence_key(self.prefix, self._member), self.ttl_ms)
         pipe.zadd(mkey, {self._member: now + self.ttl_ms})
         pipe.zremrangebyscore(mkey, "-inf", now)
         pipe.zrangebyscore(mkey, now, "+inf")
@@ -689,7 +765,7 @@ class RedisBus(Bus):
         finally:
             self._refreshing = False
         own = self._node_b
-        self._members = [mb for mb in res[4] if rf.member_node(mb) != own]
+        self._members = [mb for mb in res[5] if rf.member_node(mb) != own]
 
     async def gather_stats(self, timeout: float, query: StatsQuery | None = None) -> list[dict[str, Any]]:
         """Snapshots of the workers of the *other* nodes (this node's own come through the pipe bus)."""
@@ -701,6 +777,7 @@ class RedisBus(Bus):
         slots = self._stats_slots
         assert slots is not None
         rooms = sorted(query.rooms) if query is not None and not query.all_rooms else []
+        presence = sorted(query.presence) if query is not None else []
         try:
             async with asyncio.timeout(timeout), slots:  # a burst of get_stats cannot drain the pool
                 pipe = client.pipeline(transaction=False)
@@ -710,6 +787,8 @@ class RedisBus(Bus):
                         pipe.hgetall(rf.rooms_key(self.prefix, mb))
                     elif rooms:
                         pipe.hmget(rf.rooms_key(self.prefix, mb), rooms)
+                for mb in members if presence else ():
+                    pipe.hmget(rf.presence_key(self.prefix, mb), presence)
                 res = await pipe.execute()
         except (TimeoutError, OSError, RedisError) as exc:
             self._stats_ok = False
@@ -717,7 +796,9 @@ class RedisBus(Bus):
             return []
         self._stats_ok = True
         values = res[0]
-        counts = res[1:]
+        counted = len(members) if (query is not None and query.all_rooms) or rooms else 0
+        counts = res[1:1 + counted]
+        lists = res[1 + counted:]
         out: list[dict[str, Any]] = []
         for i, v in enumerate(values):
             if not v:
@@ -731,6 +812,8 @@ class RedisBus(Bus):
                 continue
             if counts:
                 snap["room_counts"] = _room_counts(counts[i], rooms)
+            if lists:
+                snap["presence"] = _presence_lists(lists[i], presence)
             out.append(snap)
         return out
 
@@ -751,4 +834,20 @@ def _room_counts(reply: Any, rooms: list[str]) -> dict[str, int]:
             continue  # absent (None) or not a number
         if len(out) >= MAX_LISTED_ROOMS:
             break
+    return out
+
+
+def _presence_lists(reply: Any, rooms: list[str]) -> dict[str, Any]:
+    """HMGET of a worker's presence hash (in ``rooms`` order), decoded; malformed entries are skipped
+    (:func:`server.presence.merge` checks each member again)."""
+    out: dict[str, Any] = {}
+    for room, value in zip(rooms, reply if isinstance(reply, list) else []):
+        if not isinstance(value, bytes):
+            continue
+        try:
+            part = msgpack.unpackb(value, raw=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            continue
+        if isinstance(part, dict):
+            out[room] = part
     return out

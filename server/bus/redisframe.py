@@ -25,6 +25,8 @@ from ..errors import BusFrameError
 
 MAGIC: Final = b"\xfa\x02"
 MARKER: Final = b"\xfa\x03"  # + a token: published by a join's REPLAY (see redisscripts); not a message
+CONTROL: Final = b"\xfa\x04"  # + msgpack: a command for every worker of the other nodes (Bus.control)
+MAX_CONTROL: Final = 64 << 10  # bytes of one command
 NO_ROOM: Final = 0xFFFF
 MAX_NAME: Final = 0xFFFE  # bytes, for node ids and room names
 
@@ -89,6 +91,10 @@ def broadcast_channel(prefix: bytes) -> bytes:
     return prefix + b"all"
 
 
+def control_channel(prefix: bytes) -> bytes:
+    return prefix + b"control"
+
+
 def room_channel(prefix: bytes, room: str) -> bytes:
     return prefix + b"room:" + room.encode()
 
@@ -123,6 +129,11 @@ def dedup_key(prefix: bytes, stream: str, identity: str, msg_id: object) -> byte
 def rooms_key(prefix: bytes, m: bytes) -> bytes:
     """The hash of one worker's members per room (``room -> count``), with the worker's TTL."""
     return prefix + b"rooms:" + m
+
+
+def presence_key(prefix: bytes, m: bytes) -> bytes:
+    """The hash of one worker's presence lists (``room -> msgpack {"count", "members"}``), with its TTL."""
+    return prefix + b"presence:" + m
 
 
 def members_key(prefix: bytes) -> bytes:

@@ -120,6 +120,18 @@ def parse_head(head: bytes, max_body: int = 0) -> HttpRequest:
         if _BAD_VALUE.search(value):
             raise HttpError(400, "control character in a header value")
         headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
+    try:
+        content_length = _content_length(method, headers, max_body)
+    except HttpError as exc:
+        if target.startswith(b"/api/"):  # the HTTP API answers in JSON
+            if exc.status == 413 and max_body == 0:  # no body is taken anywhere: the API is off
+                raise HttpError(404, "no such path", "not_found", json=True) from None
+            exc.json = True
+        raise
+    return HttpRequest(method.decode("ascii"), target.decode("ascii"), tuple(headers), content_length)
+
+
+def _content_length(method: bytes, headers: list[tuple[str, str]], max_body: int) -> int:
     content_length = 0
     lengths = {v for k, v in headers if k == "content-length"}
     if any(k == "transfer-encoding" for k, _ in headers):
@@ -133,4 +145,4 @@ def parse_head(head: bytes, max_body: int = 0) -> HttpRequest:
             raise HttpError(400, f"a {method.decode()} request takes no body", "bad_request")
         if content_length > max_body:
             raise HttpError(413, f"request body over {max_body} bytes", "too_large")
-    return HttpRequest(method.decode("ascii"), target.decode("ascii"), tuple(headers), content_length)
+    return content_length

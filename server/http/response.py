@@ -6,6 +6,8 @@ import email.utils
 import http
 from collections.abc import Iterable
 
+import orjson
+
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 
@@ -23,6 +25,10 @@ def response(status: int, body: bytes = b"", content_type: str = TEXT,
     return head if head_only else head + body
 
 
-def error(status: int, detail: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
-    """A refusal with a one-line plain-text reason (never a traceback)."""
+def error(status: int, detail: str, headers: Iterable[tuple[str, str]] = (), json_code: str | None = None) -> bytes:
+    """A refusal with a one-line plain-text reason (never a traceback); with ``json_code`` (the HTTP API's
+    paths), the JSON error ``{"error": {"code", "detail"}}`` instead."""
+    if json_code is not None:
+        body = orjson.dumps({"error": {"code": json_code, "detail": detail.rstrip("\n")}})
+        return response(status, body, JSON, headers)
     return response(status, (detail.rstrip("\n") + "\n").encode(), TEXT, headers)

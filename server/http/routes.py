@@ -7,6 +7,7 @@ request                    answer
                            (origin, token, caps: 403/401/503), then ``101`` and the connection opens
 ``GET /healthz``           ``200`` JSON: this worker's health
 ``GET /metrics``           ``200`` Prometheus text, gathered from every worker
+``/api/...``               the HTTP API for back ends (:mod:`.api`): 404 unless configured
 ``GET`` anything else      ``426 Upgrade Required``
 another method             ``405`` with ``Allow: GET``
 =========================  ========================================================================
@@ -16,6 +17,7 @@ Every answer closes the connection, and nothing the client sent after its reques
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,7 +30,10 @@ from . import response
 
 if TYPE_CHECKING:
     from ..connection import Conn
+    from .api import Api
     from .request import HttpRequest
+
+API_PREFIX = "/api/"
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -45,7 +50,7 @@ class RouterOwner(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
-    def admit(self, conn: Conn, request: HttpRequest) -> HttpError | None: ...
+    def admit(self, conn: Conn, request: HttpRequest) -> HttpError | Awaitable[HttpError | None] | None: ...
 
     def open(self, conn: Conn, request: HttpRequest) -> None: ...
 
@@ -56,15 +61,19 @@ Route = Callable[["Conn", "HttpRequest"], None]
 class Router:
     """Routes one request head; the worker calls :meth:`on_request` (the connection's ``on_request``)."""
 
-    __slots__ = ("owner", "routes")
+    __slots__ = ("api", "owner", "routes")
 
-    def __init__(self, owner: RouterOwner) -> None:
+    def __init__(self, owner: RouterOwner, api: Api | None = None) -> None:
         self.owner = owner
+        self.api = api
         self.routes: dict[str, Route] = {"/healthz": self._healthz, "/metrics": self._metrics}
 
     def on_request(self, conn: Conn, request: HttpRequest, body: bytes) -> None:
         if request.is_upgrade:
             self._upgrade(conn, request)
+            return
+        if request.path.startswith(API_PREFIX) and self.api is not None:
+            self.api.handle(conn, request, body)
             return
         route = self.routes.get(request.path)
         if request.method != "GET":
@@ -87,11 +96,25 @@ class Router:
             conn.http_error(exc)
             return
         refusal = owner.admit(conn, request)
+        if inspect.isawaitable(refusal):  # the application authenticates asynchronously
+            pending = refusal
+
+            async def later() -> None:
+                self._admitted(conn, request, accepted, await pending)
+
+            owner.spawn(later())
+            return
+        self._admitted(conn, request, accepted, refusal)
+
+    def _admitted(self, conn: Conn, request: HttpRequest, accepted: handshake.Accepted,
+                  refusal: HttpError | None) -> None:
+        if conn.transport is None:
+            return  # gone while it was being authenticated
         if refusal is not None:
             conn.http_error(refusal)
             return
         conn.upgrade(accepted.response, accepted.subprotocol, accepted.extensions)
-        owner.open(conn, request)
+        self.owner.open(conn, request)
 
     # --- plain routes -------------------------------------------------------------------------------------
 

@@ -52,6 +52,22 @@ class Gate:
     def active(self) -> bool:
         return bool(self.origins or self.auth_secret or self.max_conns or self.ip_table)
 
+    def check_origin_and_caps(self, origin: str | None, peer_ip: str, open_conns: int) -> Refusal | None:
+        """The checks that hold whoever authenticates (JWT or the application's hook)."""
+        if self.origins and origin is not None and origin.rstrip("/") not in self.origins:
+            return Refusal(403, "origin", f"origin {origin[:200]!r} is not allowed\n")
+        return self._caps(peer_ip, open_conns)
+
+    def _caps(self, peer_ip: str, open_conns: int) -> Refusal | None:
+        if self.max_conns and open_conns >= self.max_conns:
+            return Refusal(503, "max_conns", "server busy: too many connections, retry later\n",
+                           (("Retry-After", "1"),))
+        if self.ip_table is not None and self.ip_table.count(peer_ip) > self.max_conns_per_ip:
+            return Refusal(503, "max_conns_per_ip",
+                           f"too many connections from your address (at most {self.max_conns_per_ip})\n",
+                           (("Retry-After", "1"),))
+        return None
+
     def check(self, path: str, origin: str | None, authorization: str | None, peer_ip: str,
               open_conns: int, now: float | None = None) -> tuple[Refusal | None, Grant | None]:
         """``(refusal, grant)``: a refusal to send, or None and the token's grant (None without auth)."""
@@ -72,11 +88,4 @@ class Gate:
                 code = "invalid_token"
                 return Refusal(401, exc.reason, f"{exc.detail}\n",
                                (("WWW-Authenticate", f'Bearer realm="fanwire", error="{code}"'),)), None
-        if self.max_conns and open_conns >= self.max_conns:
-            return Refusal(503, "max_conns", "server busy: too many connections, retry later\n",
-                           (("Retry-After", "1"),)), None
-        if self.ip_table is not None and self.ip_table.count(peer_ip) > self.max_conns_per_ip:
-            return Refusal(503, "max_conns_per_ip",
-                           f"too many connections from your address (at most {self.max_conns_per_ip})\n",
-                           (("Retry-After", "1"),)), None
-        return None, grant
+        return self._caps(peer_ip, open_conns), grant

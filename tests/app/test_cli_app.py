@@ -267,12 +267,6 @@ def test_a_bad_app_is_a_usage_error(spec: str, says: str) -> None:
     assert "Traceback" not in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ctx.close() does not check the close code: server/apprunner.py "
-                   "ctx_close passes any int to Conn.close (server/connection.py close), which sets state CLOSING "
-                   "before building the frame; codes RFC 6455 forbids on the wire (999, 1005, 1006, 2999) are "
-                   "sent as is (clients fail the connection with 1002), and a code over 65535 raises struct.error "
-                   "after CLOSING is set: no close frame, no internal_error, pings unanswered (the connection "
-                   "hangs until the heartbeat)")
 @pytest.mark.parametrize("code", [999, 1005, 1006, 2999, 70000])
 def test_ctx_close_with_an_invalid_code_is_the_handlers_error(srv: ServerProcess, code: int) -> None:
     """Expected: like any handler exception, the caller gets internal_error with its id and its connection
@@ -303,11 +297,6 @@ FANWIRE = Path(PYTHON).parent / "fanwire"
 
 
 @pytest.mark.skipif(not FANWIRE.exists(), reason="the fanwire console script is not installed in this environment")
-@pytest.mark.xfail(strict=True, reason="BUG: the `fanwire` command cannot load --app from the current directory: "
-                   "server/application.py load() imports with importlib.import_module and never puts the working "
-                   "directory on sys.path (only `python -m server` has it there, by -m); `fanwire --app "
-                   "tests.app.sampleapp:app` run from the repository root exits 2 with \"No module named 'tests'\" "
-                   "(uvicorn, the model for --app, inserts '.' first)")
 def test_the_fanwire_command_loads_an_app_from_the_current_directory() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with ConsoleScriptServer(workers=1, extra_args=["--app", APP, "--log-level", "warning"], env=env) as srv:

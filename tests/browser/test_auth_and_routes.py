@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server import auth
+from server.security import auth
 from tests.browser.conftest import Pages, PageUrl, make_page_url, server_serves_pages
 from tests.browser.site import CSP, StaticSite
 from tests.browser.ui import wait_state

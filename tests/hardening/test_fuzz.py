@@ -21,9 +21,12 @@ from server.protocol import (
     ALLOW_ALL,
     DEFAULT_ROOM,
     MAX_USER_LEN,
+    MAX_ACTION_LEN,
     MESSAGE_TYPES,
+    Custom,
     Join,
     Publish,
+    QueryPresence,
     QueryStats,
     Reply,
     Session,
@@ -58,6 +61,7 @@ field_values = st.none() | ints | st.text(max_size=70) | rooms | st.lists(ints, 
 messages = st.fixed_dictionaries(
     {"type": st.sampled_from([*MESSAGE_TYPES, "nope", ""]) | ints},
     optional={"room": field_values, "text": field_values, "user": field_values, "id": field_values,
+              "presence": st.booleans() | field_values,
               "ts": json_values, "data": json_values, "action": st.sampled_from(["get_stats", "other"]) | field_values,
               "since": since_values},
 )
@@ -69,7 +73,11 @@ def check_actions(session: Session, mtype: str, actions: list[Any], policy: Any 
     assert len(session.rooms) <= max(MAX_ROOMS, 1)
     assert all(not r.startswith("$") for r in session.rooms)  # the server's streams are never listed
     for a in actions:
-        assert type(a) in (Reply, Publish, Join, Unsubscribe, QueryStats)
+        assert type(a) in (Reply, Publish, Join, Unsubscribe, QueryStats, QueryPresence, Custom)
+        if type(a) is Custom:  # for the application: a bounded name, data any JSON client could receive
+            assert isinstance(a.action, str) and 0 < len(a.action) <= MAX_ACTION_LEN and a.action != "get_stats"
+        if type(a) is QueryPresence:  # only a member (or an admin) lists a room
+            assert a.room in session.rooms or policy.is_admin(session)
         if type(a) is Reply:
             assert a.msg["type"] in REPLY_TYPES
             if a.msg["type"] == "error":

@@ -11,8 +11,10 @@ import pytest
 from server import codecs
 from server.protocol import (
     ALLOW_ALL,
+    Custom,
     Join,
     Publish,
+    QueryPresence,
     QueryStats,
     Reply,
     Session,
@@ -115,8 +117,41 @@ def test_broadcast_text_or_data() -> None:
 def test_get_stats_and_unknown_action() -> None:
     [q] = run(Session("0-1"), {"type": "custom", "action": "get_stats", "data": {"k": "v"}, "id": 3})
     assert isinstance(q, QueryStats) and q.id == 3 and q.data == {"k": "v"}
-    assert error_code(run(Session("0-1"), {"type": "custom", "action": "nope"})) == "unknown_action"
+    # any other action is the application's to answer (unknown_action when it has none: see tests/app)
+    [c] = run(Session("0-1"), {"type": "custom", "action": "nope", "data": [1], "id": "r"})
+    assert c == Custom("nope", [1], "r")
+    assert error_code(run(Session("0-1"), {"type": "custom", "action": "x" * 65})) == "unknown_action"
+    assert error_code(run(Session("0-1"), {"type": "custom", "action": ""})) == "unknown_action"
     assert error_code(run(Session("0-1"), {"type": "custom"})) == "bad_message"
+
+
+def test_presence_join_flag_and_get_presence() -> None:
+    s = Session("0-1")
+    [j] = run(s, {"type": "join", "room": "r", "presence": True, "id": 1})
+    assert isinstance(j, Join) and j.presence and j.stream == "r" and not j.already
+    [j] = run(s, {"type": "join", "room": "r", "presence": True})
+    assert j.presence and j.already  # a member may start presence later
+    [j] = run(s, {"type": "join", "room": "q"})
+    assert not j.presence
+    assert error_code(run(s, {"type": "join", "room": "q", "presence": 1})) == "bad_message"
+    assert error_code(run(s, {"type": "join", "room": "$broadcast", "presence": True})) == "bad_room"
+    [q] = run(s, {"type": "get_presence", "room": "r", "id": 7})
+    assert q == QueryPresence("r", 7)
+    assert error_code(run(s, {"type": "get_presence", "room": "elsewhere"})) == "not_in_room"
+    assert error_code(run(s, {"type": "get_presence"})) == "bad_room"
+    # presence ends by leaving the room, never by leaving its event stream alone
+    s.system = {"$presence:r"}
+    assert error_code(run(s, {"type": "leave", "room": "$presence:r"})) == "not_in_room"
+    assert s.system == {"$presence:r"}
+
+
+def test_joined_says_whether_presence_was_granted() -> None:
+    s = Session("0-1")
+    [j] = run(s, {"type": "join", "room": "r", "presence": True})
+    assert joined_msg(s, j, "e", 0, None, 0, "new")["presence"] is True
+    assert joined_msg(s, j, "e", 0, None, 0, None)["presence"] is False  # the room's list was full
+    [k] = run(s, {"type": "join", "room": "k"})
+    assert "presence" not in joined_msg(s, k, "e", 0, None, 0)
 
 
 @pytest.mark.parametrize(
