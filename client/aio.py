@@ -318,6 +318,7 @@ class AsyncClient:
         self._queue: deque[tuple[Message, _Request | None]] = deque()
         self._rooms: list[str] = []
         self._wanted_rooms: list[str] = []
+        self._presence_rooms: set[str] = set()  # joined with presence: asked again after a reconnect
         self._welcome: Message | None = None
         self._closing = False
         self._closed_reason: ClientError | None = None
@@ -627,7 +628,8 @@ class AsyncClient:
         return (time.perf_counter() - start) * 1000.0
 
     async def join(
-        self, room: str, *, since: Position | Mapping[str, Any] | None = None, timeout: float | None = None
+        self, room: str, *, since: Position | Mapping[str, Any] | None = None, presence: bool = False,
+        timeout: float | None = None
     ) -> list[str]:
         """Join ``room`` (it becomes the current room); returns the connection's rooms. A room the
         token does not allow raises :exc:`~client.errors.Forbidden`. ``$broadcast`` (v1.1) subscribes
@@ -638,11 +640,17 @@ class AsyncClient:
         :meth:`on_recovery` event says whether that was everything. A position the server refuses
         (``bad_since``) is reported as a loss and the room joined without it. The client does this by
         itself after reconnects; ``since`` is for positions kept across client instances.
+
+        ``presence``: be listed in the room's presence (:meth:`get_presence`) and receive its ``presence``
+        events (``{"type": "presence", "room", "event": "join"|"leave", "client_id", "user", "node"}``);
+        kept across reconnects until :meth:`leave`.
         """
         pos = Position.of(since) if since is not None else None
         if pos is not None and not self.recover:
             raise ValueError("since= needs recover=True")
-        msg = protocol.join(room, pos)
+        msg = protocol.join(room, pos, presence)
+        if presence:
+            self._presence_rooms.add(room)
         if pos is not None:
             self._streams.join_sent(room, pos)
         try:
@@ -658,7 +666,21 @@ class AsyncClient:
         """Leave ``room``; returns the connection's rooms. Leaving a room one is not in raises
         :exc:`~client.errors.ServerError` (``not_in_room``)."""
         reply = await self.request(protocol.leave(room), {"left"}, timeout=timeout)
+        self._presence_rooms.discard(room)
         return list(reply.get("rooms", self._rooms))
+
+    async def get_presence(self, room: str, *, timeout: float | None = None) -> Message:
+        """``room``'s presence list, over every worker and node: ``{"count", "members": [{"client_id",
+        "user", "node"}], "truncated"}`` (the server lists at most 1000; ``count`` is complete). Only members
+        (and admins) may ask; others get ``ServerError`` ``not_in_room``."""
+        return await self.request(protocol.get_presence(room), {"presence_list"}, timeout=timeout)
+
+    async def call(self, action: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        """Call the server application's ``action`` (``@app.action``) and return its result's ``data``
+        (None when the action returns nothing: then this waits for ``timeout`` instead; use :meth:`send_message`
+        for fire-and-forget). The action's failure raises ``ServerError`` (``internal_error``)."""
+        reply = await self.request(protocol.custom(action, data), {"result"}, timeout=timeout)
+        return reply.get("data")
 
     async def get_stats(self, *, timeout: float | None = None) -> Message:
         """The server's ``stats`` message (clients, workers, rooms, uptime, ``you``)."""
@@ -1047,7 +1069,13 @@ class AsyncClient:
         common = 0
         while common < min(len(have), len(want)) and have[common] == want[common]:
             common += 1
-        msgs = [protocol.leave(r) for r in have[common:]] + [protocol.join(r) for r in want[common:]]
+        msgs = [protocol.leave(r) for r in have[common:]] + [protocol.join(r, None, r in self._presence_rooms)
+                                                             for r in want[common:]]
+        kept = [protocol.join(r, None, True) for r in want[:common] if r in self._presence_rooms]
+        if kept:  # rooms the server put us back in by itself: ask for their presence again
+            msgs += kept
+            if want and msgs[-1]["room"] != want[-1]:
+                msgs.append(protocol.join(want[-1], None, want[-1] in self._presence_rooms))  # stays current
         reqs: list[_Request] = []
         loop = asyncio.get_running_loop()
         for msg in msgs:
@@ -1096,7 +1124,7 @@ class AsyncClient:
         try:
             for room, since in joins:
                 rid = self._next_id()
-                out = {**protocol.join(room, since), "id": rid}
+                out = {**protocol.join(room, since, room in self._presence_rooms), "id": rid}
                 req = _Request(out, frozenset({"joined"}), loop.create_future(), conn.gen)
                 self._pending[rid] = req
                 sent.append((room, since, req))

@@ -59,7 +59,7 @@ Message = dict[str, Any]
 MsgId = int | str
 
 #: Replies addressed to the sender; they echo the request's ``id`` (``ack``: protocol v1.1).
-REPLY_TYPES: Final = frozenset({"pong", "stats", "joined", "left", "error", "ack"})
+REPLY_TYPES: Final = frozenset({"pong", "stats", "joined", "left", "error", "ack", "presence_list", "result"})
 
 #: Messages the server relays in a stream; in protocol v1.1 each carries ``offset`` and ``epoch``.
 STREAM_TYPES: Final = frozenset({"chat", "broadcast", "publication"})
@@ -203,13 +203,22 @@ def ping(ts: Any = None) -> Message:
     return msg
 
 
-def join(room: str, since: Position | None = None) -> Message:
-    """A ``join``; with ``since`` (v1.1), the server first replays what the stream got after it."""
+def join(room: str, since: Position | None = None, presence: bool = False) -> Message:
+    """A ``join``; with ``since`` (v1.1), the server first replays what the stream got after it; with
+    ``presence``, the client is listed in the room's presence and gets its ``presence`` events."""
     _check_room(room)
     msg: Message = {"type": "join", "room": room}
     if since is not None:
         msg["since"] = since.as_since()
+    if presence:
+        msg["presence"] = True
     return msg
+
+
+def get_presence(room: str) -> Message:
+    """Ask for ``room``'s presence list (answered with ``presence_list``)."""
+    _check_room(room)
+    return {"type": "get_presence", "room": room}
 
 
 def publish(room: str, data: Any) -> Message:

@@ -272,13 +272,21 @@ class Client:
         return self._run(self._async.ping(timeout=timeout), self._timeout(timeout))
 
     def join(
-        self, room: str, *, since: Position | Mapping[str, Any] | None = None, timeout: float | None = None
+        self, room: str, *, since: Position | Mapping[str, Any] | None = None, presence: bool = False,
+        timeout: float | None = None
     ) -> list[str]:
         # (a join after bad_since is two requests, hence twice the timeout)
-        return self._run(self._async.join(room, since=since, timeout=timeout), 2 * self._timeout(timeout))
+        return self._run(self._async.join(room, since=since, presence=presence, timeout=timeout),
+                         2 * self._timeout(timeout))
 
     def leave(self, room: str, *, timeout: float | None = None) -> list[str]:
         return self._run(self._async.leave(room, timeout=timeout), self._timeout(timeout))
 
     def get_stats(self, *, timeout: float | None = None) -> Message:
         return self._run(self._async.get_stats(timeout=timeout), self._timeout(timeout))
+
+    def get_presence(self, room: str, *, timeout: float | None = None) -> Message:
+        return self._run(self._async.get_presence(room, timeout=timeout), self._timeout(timeout))
+
+    def call(self, action: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        return self._run(self._async.call(action, data, timeout=timeout), self._timeout(timeout))

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from .errors import ConfigError
+from .protocol import MAX_ACTION_LEN
 
 MAX_RUNNING: Final = 16  # async handlers running per connection
 
@@ -136,8 +137,9 @@ class App:
 
     def action(self, name: str) -> Callable[[ActionHandler], ActionHandler]:
         """Register ``fn(ctx, data)`` (sync or async) for ``{"type":"custom","action":name}``."""
-        if not name or name == "get_stats":
-            raise ValueError(f"cannot register the action {name!r}")
+        if type(name) is not str or not 0 < len(name) <= MAX_ACTION_LEN or name == "get_stats":
+            raise ValueError(f"cannot register the action {name!r}: 1 to {MAX_ACTION_LEN} characters, "
+                             "not get_stats (the server's own)")
 
         def register(fn: ActionHandler) -> ActionHandler:
             self.actions[name] = fn
