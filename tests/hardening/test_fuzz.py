@@ -20,8 +20,8 @@ from server.errors import BadEncoding, BadMessage
 from server.protocol import (
     ALLOW_ALL,
     DEFAULT_ROOM,
-    MAX_USER_LEN,
     MAX_ACTION_LEN,
+    MAX_USER_LEN,
     MESSAGE_TYPES,
     Custom,
     Join,
