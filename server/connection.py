@@ -79,6 +79,8 @@ class ConnOwner(Protocol):
 
     def on_request(self, conn: Conn, request: HttpRequest, body: bytes) -> None: ...
 
+    def before_body(self, conn: Conn, request: HttpRequest) -> HttpError | None: ...
+
     def on_message(self, conn: Conn, payload: bytes, text: bool) -> None: ...
 
     def on_over_rate(self, conn: Conn, verdict: int, payload: bytes | None) -> None: ...
@@ -194,6 +196,10 @@ class Conn(Session, asyncio.Protocol):
             return
         self.state = HTTP  # until upgrade() says otherwise: nothing after the head is parsed before that
         if request.content_length:
+            refusal = self.owner.before_body(self, request)  # e.g. bad credentials: the body is never read
+            if refusal is not None:
+                self.http_error(refusal)
+                return
             self.request = request
             self.body_left = request.content_length
             self.head = bytearray()

@@ -103,6 +103,9 @@ class ConnHost:
     def on_request(self, conn: Conn, request: HttpRequest, body: bytes) -> None:
         self.router.on_request(conn, request, body)
 
+    def before_body(self, conn: Conn, request: HttpRequest) -> HttpError | None:
+        return self.router.before_body(request)
+
     def on_over_rate(self, conn: Conn, verdict: int, payload: bytes | None) -> None:
         """A message (or control frame) refused by the rate limit: an error reply with the message's id,
         and a 1008 close if the client keeps going."""

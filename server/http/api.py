@@ -32,7 +32,7 @@ from urllib.parse import unquote
 import orjson
 
 from ..codecs import encode_json
-from ..errors import AuthError, BadMessage, PublishFailed
+from ..errors import AuthError, BadMessage, HttpError, PublishFailed
 from ..metrics import Metrics
 from ..protocol import MAX_ID_LEN, MAX_ROOM_LEN, SYSTEM_PREFIX
 from ..security.ratelimit import OK, RateLimiter
@@ -123,6 +123,20 @@ class Api:
             return
         assert handler is not None
         self.spawn(self._run(conn, handler, request, body, args))
+
+    def check_head(self, request: HttpRequest) -> HttpError | None:
+        """Before a body is read: the route, the method and the credentials (so that an unauthenticated
+        client never makes a worker buffer a body)."""
+        try:
+            if not self.enabled:
+                raise ApiError(404, "not_found", "no such path")
+            route, _, _ = self._route(request)
+            if route != "openapi":
+                self._authorize(request)
+        except ApiError as exc:
+            self.metrics.inc(self.metrics.api_refused, exc.code)
+            return HttpError(exc.status, exc.detail, exc.code, exc.headers, json=True)
+        return None
 
     def _route(self, request: HttpRequest) -> tuple[str, Handler | None, list[str]]:
         path = request.path

@@ -68,6 +68,13 @@ class Router:
         self.api = api
         self.routes: dict[str, Route] = {"/healthz": self._healthz, "/metrics": self._metrics}
 
+    def before_body(self, request: HttpRequest) -> HttpError | None:
+        """A head that announces a body: refuse now what will be refused anyway (the body is then never
+        read): an HTTP API request without valid credentials, or to no route that takes a body."""
+        if request.path.startswith(API_PREFIX) and self.api is not None:
+            return self.api.check_head(request)
+        return HttpError(405, f"method {request.method} not allowed", "bad_request", (("Allow", "GET"),))
+
     def on_request(self, conn: Conn, request: HttpRequest, body: bytes) -> None:
         if request.is_upgrade:
             self._upgrade(conn, request)

@@ -13,6 +13,7 @@ import pytest
 
 from server import codecs
 from server.connection import CLOSED, CLOSING, HEAD, HTTP, OPEN, Conn, Limits
+from server.errors import HttpError
 from server.http.request import MAX_HEAD, HttpRequest
 from server.hub import Hub
 from server.metrics import Metrics
@@ -117,6 +118,12 @@ class Owner:
     def on_request(self, conn: Conn, request: HttpRequest, body: bytes) -> None:
         self.log.append(("request", (request.method, request.target, body)))
         self.decide(conn, request, body)
+
+    def before_body(self, conn: Conn, request: HttpRequest) -> HttpError | None:
+        self.log.append(("before_body", (request.method, request.target, b"")))
+        if request.target == "/refused":
+            return HttpError(401, "no", "unauthorized", json=True)
+        return None
 
     def on_message(self, conn: Conn, payload: bytes, text: bool) -> None:
         self.log.append(("message", (payload, text)))
@@ -312,6 +319,18 @@ def test_a_request_body_is_read_then_the_owner_decides(loop: asyncio.AbstractEve
     conn.data_received(b"789GET / HTTP/1.1\r\n\r\n")
     assert owner.requests == [("POST", "/api", b"0123456789")]
     assert owner.metrics.http_discarded == {"pipelined": 1}
+
+
+def test_a_head_refused_before_its_body_never_has_its_body_read(loop: asyncio.AbstractEventLoop) -> None:
+    owner = Owner(loop, Limits(max_body=1 << 20), decide=respond_ok)
+    conn, t = connect(owner)
+    conn.data_received(b"POST /refused HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+    assert owner.requests == [] and conn.state == HTTP and conn.request is None
+    step(loop)
+    out = t.take()
+    assert out.startswith(b"HTTP/1.1 401 Unauthorized\r\n") and out.endswith(b'{"error":{"code":"unauthorized","detail":"no"}}')
+    conn.data_received(b"y" * 100_000)  # the rest of the body: discarded, never buffered
+    assert owner.requests == [] and conn.head is None
 
 
 def test_a_head_over_16_kib_is_431(loop: asyncio.AbstractEventLoop) -> None:

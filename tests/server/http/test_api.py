@@ -254,3 +254,24 @@ def test_the_rate_limit_answers_429_and_spares_unauthenticated_floods() -> None:
         assert headers["retry-after"] == "1" and body["error"]["code"] == "rate_limited"
         time.sleep(1.1)
         assert api(s, "GET", "/api/stats")[0] == 200  # the bucket refills
+
+
+@pytest.mark.parametrize(("path", "key", "status"), [
+    ("/api/publish", "wrong-key-of-some-length", 401),
+    ("/api/publish", None, 401),
+    ("/api/nowhere", KEY, 404),
+    ("/api/rooms", KEY, 400),  # a GET takes no body
+    ("/somewhere-else", KEY, 405),
+])
+def test_a_body_is_never_read_before_the_head_is_accepted(srv: ServerProcess, path: str, key: str | None,
+                                                          status: int) -> None:
+    """An unauthenticated client cannot make a worker buffer a body: the answer comes right after the
+    head, while the announced megabyte never arrives."""
+    method = "GET" if path == "/api/rooms" else "POST"
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Length: {1 << 20}\r\n\r\n").encode()
+    started = time.monotonic()
+    got, headers, _ = http_get(srv.port, "/", raw=head, timeout=5)
+    assert got == status and time.monotonic() - started < 2  # not the 10 s handshake timeout
+    assert headers.get("connection") == "close"
