@@ -437,13 +437,13 @@ def _summarize(
         "msg_per_s": round(received / duration, 1) if duration > 0 else 0.0,
         "latency_ms": {
             "count": hist.count,
-            "min": ms(hist.min),
+            "min": ms(hist.min if hist.count else None),
             "mean": ms(hist.mean),
             "p50": ms(hist.percentile(50)),
             "p90": ms(hist.percentile(90)),
             "p99": ms(hist.percentile(99)),
             "p99.9": ms(hist.percentile(99.9)),
-            "max": ms(hist.max),
+            "max": ms(hist.max if hist.count else None),
         },
         "histogram_us": hist.to_dict(),
         "platform": {
