@@ -51,6 +51,22 @@ CLOSED: Final = 4
 
 _monotonic = time.monotonic
 _PONG_HEADER: Final = bytes((0x80 | wsf.OP_PONG,))
+_TEXT: Final = wsf.TEXT
+_OP_TEXT: Final = wsf.OP_TEXT
+_OP_BINARY: Final = wsf.OP_BINARY
+_build_frame = wsf.build_frame
+_NO_EXTENSIONS: Final[list[Any]] = []  # shared by every connection without one (never mutated): 72 B each saved
+_CONTROL: Final = 8  # event kinds below are messages (TEXT, BINARY), the others control frames
+
+# One receive buffer for every connection of the process (the loop runs one callback at a time): the
+# transport reads into it (``get_buffer``), and ``buffer_updated`` handles the frames that are complete in
+# it in place; only a partial frame is copied into the connection's own reader. An idle connection holds
+# no receive buffer at all.
+RECV_BUFFER_SIZE: Final = 256 * 1024
+_RX = bytearray(RECV_BUFFER_SIZE)
+_RXV = memoryview(_RX)
+# a message at least this long is written as its header and itself (no copy to join them)
+SPLIT_WRITE: Final = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +104,7 @@ class ConnOwner(Protocol):
     def on_closed(self, conn: Conn) -> None: ...
 
 
-class Conn(Session, asyncio.Protocol):
+class Conn(Session, asyncio.BufferedProtocol):
     """A client connection. It is also the message protocol's :class:`Session` and the hub's ``Sink``."""
 
     __slots__ = ("body_left", "bytes_in", "bytes_out", "close_code_sent", "close_reason", "end_after_write",
@@ -107,7 +123,7 @@ class Conn(Session, asyncio.Protocol):
         self.reader: wsf.Reader | None = None
         self.out: list[bytes] | None = None  # the hub's write queue for this tick
         self.raw = True  # no extension: pre-built frames go out as they are
-        self.extensions: list[Any] = []
+        self.extensions: list[Any] = _NO_EXTENSIONS
         self.close_reason: str | None = None  # why it is closing (a metric label); None while open
         self.close_code_sent = 1006  # the close code sent or echoed (1006: none, the TCP connection dropped)
         self.end_after_write = False  # close the transport after the next write
@@ -138,19 +154,31 @@ class Conn(Session, asyncio.Protocol):
         self.timer = owner.loop.call_later(owner.limits.handshake_timeout, self._handshake_expired)
         owner.on_connected(self)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RXV
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(_RX, nbytes)
+
     def data_received(self, data: bytes) -> None:
+        """The same as a read into the shared buffer (kept for callers that hold bytes)."""
+        self._received(data, len(data))
+
+    def _received(self, data: bytes | bytearray, n: int) -> None:
+        """``data[:n]`` arrived (``data`` may be the shared buffer: nothing may keep a reference to it)."""
         self.last_rx = _monotonic()
         state = self.state
         if state in (OPEN, CLOSING):
-            reader = self.reader
-            assert reader is not None
-            reader.feed(data)
-            if not self.paused:
-                self._pump()
+            if self.paused or self.stash is not None:
+                reader = self.reader
+                assert reader is not None
+                reader.feed(bytes(data[:n]))
+            else:
+                self._pump(data, n)
         elif state == HEAD:
-            self._read_head(data)
+            self._read_head(bytes(data[:n]))
         elif state == HTTP:
-            self._read_body_or_discard(data)
+            self._read_body_or_discard(bytes(data[:n]))
         # CLOSED: whatever still arrives is discarded
 
     def eof_received(self) -> bool | None:
@@ -271,7 +299,7 @@ class Conn(Session, asyncio.Protocol):
         limits = self.owner.limits
         inflate = extensions[0] if extensions else None
         self.reader = wsf.Reader(limits.max_message_size, limits.max_fragments, inflate)
-        self.extensions = extensions
+        self.extensions = extensions or _NO_EXTENSIONS
         self.raw = not extensions
         self.codec = codecs.codec_for_subprotocol(subprotocol)
         self.state = OPEN
@@ -296,8 +324,9 @@ class Conn(Session, asyncio.Protocol):
 
     # --- frames ---------------------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Handle what the reader holds, within this wake-up's budget; yield the loop if more is left."""
+    def _pump(self, data: bytes | bytearray | None = None, n: int = 0) -> None:
+        """Handle what the reader holds (and ``data[:n]``, just received), within this wake-up's budget;
+        yield the loop if more is left."""
         reader = self.reader
         if reader is None or self.transport is None:
             return
@@ -307,7 +336,10 @@ class Conn(Session, asyncio.Protocol):
         else:
             before = reader.wire_bytes
             try:
-                events = reader.read(owner.limits.frame_budget)
+                if data is None:
+                    events = reader.read(owner.limits.frame_budget)
+                else:
+                    events = reader.feed_read(data, owner.limits.frame_budget, n)
             except WsProtocolError as exc:
                 self.fail(exc.code, exc.reason)
                 return
@@ -324,7 +356,7 @@ class Conn(Session, asyncio.Protocol):
                 if kind == wsf.CLOSE and self.state == CLOSING:
                     self._peer_closed(payload)
                 continue
-            if kind == wsf.TEXT or kind == wsf.BINARY:
+            if kind < _CONTROL:  # TEXT or BINARY
                 self.msgs_in += 1
                 self.bytes_in += len(payload)
                 if rl is not None:
@@ -332,7 +364,7 @@ class Conn(Session, asyncio.Protocol):
                     if verdict:
                         owner.on_over_rate(self, verdict, payload)
                         continue
-                owner.on_message(self, payload, kind == wsf.TEXT)
+                owner.on_message(self, payload, kind == _TEXT)
                 if self.held:
                     self.stash = events[i + 1 :] or None
                     break
@@ -390,9 +422,14 @@ class Conn(Session, asyncio.Protocol):
 
     def send_message(self, payload: bytes, text: bool) -> None:
         """One encoded message to this connection only (a reply, an echo)."""
-        op = wsf.OP_TEXT if text else wsf.OP_BINARY
+        op = _OP_TEXT if text else _OP_BINARY
         if self.raw:
-            self.owner.push(self, wsf.build_frame(op, payload))
+            if len(payload) < SPLIT_WRITE:
+                self.owner.push(self, _build_frame(op, payload))
+            else:  # header and payload go out in one writev, without joining them
+                push = self.owner.push
+                push(self, wsf.frame_header(op, len(payload)))
+                push(self, payload)
         else:
             self.owner.push(self, wsf.encode_frame(op, payload, self.extensions))
 

@@ -60,6 +60,8 @@ Handler = Callable[["Conn", bytes, bool], None]
 
 
 def valid_utf8(data: bytes) -> bool:
+    if data.isascii():  # no copy, no allocation: the common case, and a fast one for a large message
+        return True
     try:
         data.decode()
     except UnicodeDecodeError:

@@ -14,12 +14,28 @@ connection is lost (whatever ended it), and :meth:`subscribe` ignores a connecti
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from .codecs import Codec
 from .metrics import Metrics
 from .ws.frames import build_frame
+
+_gc_window = False  # see gc_window()
+
+
+def gc_window(on: bool = True) -> None:
+    """Keep the garbage collector off from a tick's first :meth:`Hub.push` to the end of its flush (a
+    worker turns this on at boot, :mod:`server.tuning`).
+
+    A broadcast queues one list per receiver until the flush; a collection in between (one every 700 new
+    containers) walks them, promotes them, and their promotions soon trigger a full collection over every
+    live connection: tens of milliseconds in the fan-out tail at 10,000 subscribers. Collected after the
+    flush instead, the queues are gone (freed ones do not count towards a collection) and the collector's
+    work stays proportional to what really survives."""
+    global _gc_window
+    _gc_window = on
 
 
 class Sink(Protocol):
@@ -49,7 +65,7 @@ S = TypeVar("S", bound=Sink)
 class Hub(Generic[S]):
     """A worker's open connections and rooms; fans messages out and writes each connection once per tick."""
 
-    __slots__ = ("conns", "dirty", "loop", "max_queue", "metrics", "on_members", "rooms", "scheduled")
+    __slots__ = ("conns", "dirty", "gc_paused", "loop", "max_queue", "metrics", "on_members", "rooms", "scheduled")
 
     def __init__(self, metrics: Metrics, max_queue: int) -> None:
         self.metrics = metrics
@@ -58,6 +74,7 @@ class Hub(Generic[S]):
         self.rooms: dict[str, set[S]] = {}
         self.dirty: list[S] = []
         self.scheduled = False
+        self.gc_paused = False  # this hub turned the collector off until its flush (gc_window)
         self.loop: asyncio.AbstractEventLoop | None = None
         # called with (room, local member count) on every join and leave: the bus's hook (Bus.room_members)
         self.on_members: Callable[[str, int], None] | None = None
@@ -105,45 +122,59 @@ class Hub(Generic[S]):
             conn.out = [data]
             self.dirty.append(conn)
             if not self.scheduled:
-                self.scheduled = True
-                assert self.loop is not None
-                self.loop.call_soon(self.flush)
+                self._schedule()
         else:
             out.append(data)
+
+    def _schedule(self) -> None:
+        """Flush at the end of this tick (and keep the collector off until then, see gc_window)."""
+        self.scheduled = True
+        assert self.loop is not None
+        self.loop.call_soon(self.flush)
+        if _gc_window and gc.isenabled():
+            gc.disable()
+            self.gc_paused = True
 
     def flush(self) -> None:
         """Write everything queued this tick: one write per connection (inlined: it is the hot path)."""
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
         limit = self.max_queue
-        for conn in dirty:
-            out = conn.out
-            conn.out = None
-            t = conn.transport
-            if not out or t is None:
-                continue
-            if len(out) == 1:
-                t.write(out[0])
-            else:
-                t.writelines(out)
-            if conn.end_after_write:
-                t.close()
-            queued = t.get_write_buffer_size()
-            if queued > limit:
-                conn.overflow(queued)
+        try:
+            for conn in dirty:
+                out = conn.out
+                conn.out = None
+                t = conn.transport
+                if not out or t is None:
+                    continue
+                if len(out) == 1:
+                    t.write(out[0])
+                else:
+                    t.writelines(out)
+                if conn.end_after_write:
+                    t.close()
+                queued = t.get_write_buffer_size()
+                if queued > limit:
+                    conn.overflow(queued)
+        finally:
+            if self.gc_paused and not self.scheduled:
+                self.gc_paused = False
+                gc.enable()
 
     def deliver(self, room: str | None, payload: bytes, mtype: str) -> int:
         """Fan a JSON-encoded message out to this worker's receivers. Returns the number of deliveries.
 
         Each codec's payload and frame are built once, on the first receiver that needs them (a receiver
-        with extensions gets its own frame); receivers that are closing are skipped and counted."""
+        with extensions gets its own frame); receivers that are closing are skipped and counted. The
+        frames are queued as :meth:`push` queues them (inlined here: this loop runs once per receiver)."""
         targets: Iterable[S] | None = self.conns if room is None else self.rooms.get(room)
         if not targets:
             return 0
         encoded: dict[Codec, tuple[bytes, bytes]] = {}  # codec -> (payload, frame)
         last: Codec | None = None
         body = frame = b""
-        push = self.push
+        size = 0
+        dirty = self.dirty
         n = 0
         nbytes = 0
         for conn in targets:
@@ -157,16 +188,23 @@ class Hub(Generic[S]):
                     p = codec.from_json(payload)
                     cached = encoded[codec] = (p, build_frame(codec.opcode, p))
                 body, frame = cached
+                size = len(body)
                 last = codec
             if conn.raw:
-                push(conn, frame)
+                out = conn.out
+                if out is None:
+                    conn.out = [frame]
+                    dirty.append(conn)
+                else:
+                    out.append(frame)
             else:
                 conn.send_payload(body)
-            size = len(body)
             conn.bytes_out += size
             conn.msgs_out += 1
             nbytes += size
             n += 1
+        if dirty and not self.scheduled:
+            self._schedule()
         if n:
             self.metrics.count_out(mtype, n, nbytes)
         return n

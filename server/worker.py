@@ -24,7 +24,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from . import listener, loops
+from . import listener, loops, tuning
 from .application import App
 from .bus import Bus
 from .bus import registry as buses
@@ -246,6 +246,7 @@ def worker_main(cfg: Config, worker_id: int, endpoint: int, bus_socks: dict[int,
         worker = Worker(cfg, worker_id, sock, bus, m, status_fd, node, ip_table, app)
     except BootError as exc:
         return _boot_failed(f"worker {worker_id}: {exc}", status_fd)
+    tuning.tune_worker(cfg.loop)  # the allocator and the collector (see server/tuning.py)
     loops.run(cfg.loop, worker.run())
     return 0
 

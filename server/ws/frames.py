@@ -21,19 +21,32 @@ memory close to its size (fragments are appended to one ``bytearray``), and an o
 from its header, before its payload is buffered.
 
 After a ``CLOSE`` event the reader discards everything (RFC 6455 1.4).
+
+:meth:`Reader.feed_read` is what a connection calls on every read: the frames complete in the bytes just
+received are unmasked straight from them (a receive buffer shared by every connection), and only what is
+left of a frame is copied into the reader; :meth:`Reader.feed` and :meth:`Reader.read` remain for bytes
+received while reading is paused, and for tests.
+
+Why this module is long: one parser (every rule of RFC 6455 section 5 a client can break, with the limits
+checked from a frame's header) and its two entry points share their state; split, each half would need
+the other's internals.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 from ..errors import WsProtocolError
 
 try:  # websockets' C helper; its pure-Python twin is exact but slower
-    from websockets.speedups import apply_mask as _apply_mask
+    from websockets.speedups import apply_mask as _mask_c
 except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask as _apply_mask
+    from websockets.utils import apply_mask as _mask_c
+
+# (payload, mask) -> unmasked bytes; both may be any buffer (slices of a memoryview: no copy)
+_apply_mask: Callable[[Any, Any], bytes] = _mask_c
 
 OP_CONT: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -54,6 +67,7 @@ _DEFLATE_SLACK: Final = 1024  # deflate's worst case grows incompressible data b
 
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
+_H8 = struct.Struct("!BB").pack
 _H16 = struct.Struct("!BBH").pack
 _H64 = struct.Struct("!BBQ").pack
 
@@ -98,12 +112,82 @@ class Reader:
 
     def read(self, max_frames: int) -> list[Event]:
         """Events for the complete frames buffered, at most ``max_frames`` frames; raises WsProtocolError."""
-        buf = self.buf
-        end = len(buf)
-        pos = 0
-        n = 0
         events: list[Event] = []
         self.more = False
+        buf = self.buf
+        pos = 0
+        try:
+            pos = self._parse(buf, 0, len(buf), max_frames, events)
+        finally:
+            if pos and buf:
+                del buf[:pos]
+        return events
+
+    def feed_read(self, data: bytes | bytearray | memoryview, max_frames: int, end: int = -1) -> list[Event]:
+        """``feed(data[:end])`` then ``read(max_frames)``, without copying the frames that are complete in
+        ``data``: they are unmasked from it directly, and only what is left (a partial frame, or frames
+        over the budget) is copied into the reader. ``data`` may be reused by the caller afterwards (a
+        shared receive buffer): no event refers to it. ``end`` < 0: all of ``data``."""
+        if end < 0:
+            end = len(data)
+        if self.closed:
+            return []
+        self.more = False
+        events: list[Event] = []
+        frames0 = self.frames
+        pos = 0
+        buf = self.buf
+        view = memoryview(data)  # slices of it are copied once, into buf
+        try:
+            while buf and pos < end:
+                # a frame started in an earlier read: complete it (its header first, then its payload)
+                need = self._missing()
+                if need < 0:
+                    need = 0  # complete frames are waiting already (over an earlier budget): read them
+                take = min(need, end - pos)
+                buf += view[pos : pos + take]
+                pos += take
+                if take < need:
+                    return events  # data used up, the frame is still partial
+                events += self.read(max_frames - (self.frames - frames0))
+                if self.more or self.closed:
+                    break
+            if not buf and pos < end and not self.closed and not self.more:
+                start = pos
+                pos = end  # if _parse raises, nothing of data is kept (the connection fails anyway)
+                pos = self._parse(data, start, end, max_frames - (self.frames - frames0), events)
+        finally:
+            if pos < end and not self.closed:
+                buf += view[pos:end]
+            view.release()
+        return events
+
+    def _missing(self) -> int:
+        """Bytes still needed to complete the frame at the start of ``buf`` (its header, then its payload)."""
+        buf = self.buf
+        have = len(buf)
+        if have < 2:
+            return 2 - have
+        length = buf[1] & 0x7F
+        if length < 126:
+            return 6 + length - have
+        head = 8 if length == 126 else 14
+        if have < head:
+            return head - have
+        length = (_U16 if head == 8 else _U64).unpack_from(buf, 2)[0]
+        return int(head + length - have)
+
+    def _parse(self, buf: Any, pos: int, end: int, max_frames: int, events: list[Event]) -> int:
+        """Frames of ``buf[pos:end]`` into ``events``, at most ``max_frames``; returns where it stopped.
+
+        A whole text or binary frame (FIN, no reserved bit) outside a fragmented message and within the
+        size limit -- nearly every frame -- takes a short path; every other frame goes through ``_check``
+        and ``_frame``."""
+        n = 0
+        wire = 0
+        max_size = self.max_size
+        view = memoryview(buf)
+        append = events.append
         try:
             while end - pos >= 2:
                 b0 = buf[pos]
@@ -123,9 +207,9 @@ class Reader:
                         break
                     (length,) = _U64.unpack_from(buf, pos + 2)
                     head = 14  # a length with its top bit set is over any max_size: refused below (1009)
-                opcode = b0 & 0x0F
-                fin = b0 & 0x80
-                self._check(opcode, fin, b0 & 0x70, length)
+                whole = (b0 == 0x81 or b0 == 0x82) and length <= max_size and self.frag is None
+                if not whole:
+                    self._check(b0 & 0x0F, b0 & 0x80, b0 & 0x70, length)
                 total = head + length
                 if end - pos < total:
                     break
@@ -134,24 +218,27 @@ class Reader:
                     break
                 if length:
                     start = pos + head
-                    payload = _apply_mask(memoryview(buf)[start : start + length], bytes(buf[start - 4 : start]))
+                    payload = _apply_mask(view[start : start + length], view[start - 4 : start])
                 else:
                     payload = b""
                 pos += total
                 n += 1
-                self.wire_bytes += total
-                event = self._frame(opcode, fin, b0 & 0x40, payload)
+                wire += total
+                if whole:
+                    append((b0 & 0x0F, payload))
+                    continue
+                event = self._frame(b0 & 0x0F, b0 & 0x80, b0 & 0x40, payload)
                 if event is not None:
-                    events.append(event)
+                    append(event)
                     if event[0] == CLOSE:
                         self.closed = True
                         pos = end
                         break
         finally:
+            view.release()
             self.frames += n
-            if pos:
-                del buf[:pos]
-        return events
+            self.wire_bytes += wire
+        return pos
 
     def _check(self, opcode: int, fin: int, rsv: int, length: int) -> None:
         """Refuse a frame from its header alone."""
@@ -257,19 +344,18 @@ def close_code_of(payload: bytes) -> int:
 def build_frame(opcode: int, payload: bytes) -> bytes:
     """One final (FIN) unmasked frame carrying ``payload``."""
     n = len(payload)
-    b0 = 0x80 | opcode
     if n < 126:
-        return bytes((b0, n)) + payload
+        return _H8(0x80 | opcode, n) + payload
     if n < 65536:
-        return _H16(b0, 126, n) + payload
-    return _H64(b0, 127, n) + payload
+        return _H16(0x80 | opcode, 126, n) + payload
+    return _H64(0x80 | opcode, 127, n) + payload
 
 
 def frame_header(opcode: int, n: int) -> bytes:
     """The header of a final unmasked frame of ``n`` payload bytes (write it, then the payload)."""
     b0 = 0x80 | opcode
     if n < 126:
-        return bytes((b0, n))
+        return _H8(b0, n)
     if n < 65536:
         return _H16(b0, 126, n)
     return _H64(b0, 127, n)

@@ -724,3 +724,58 @@ def test_respond_and_upgrade_only_apply_before_the_websocket_opens(loop: asyncio
     conn.upgrade(b"HTTP/1.1 101 again\r\n\r\n", None, [])
     step(loop)
     assert t.take() == b"" and conn.state == OPEN and t.events == []
+
+
+# --- reading into the shared receive buffer (asyncio.BufferedProtocol) -------------------------------------------
+
+
+def receive(conn: Conn, data: bytes) -> None:
+    """What the transport does: read into the buffer the connection hands out, then say how much came."""
+    buf = conn.get_buffer(-1)
+    assert len(buf) >= len(data)
+    buf[: len(data)] = data
+    conn.buffer_updated(len(data))
+
+
+def test_the_receive_buffer_is_shared_and_reused_safely(loop: asyncio.AbstractEventLoop) -> None:
+    owner = Owner(loop)
+    owner.reply = echo
+    a, ta = open_conn(owner)
+    b, tb = open_conn(owner)
+    assert a.get_buffer(-1).obj is b.get_buffer(-1).obj  # one buffer for every connection: none when idle
+    big = mask_frame(BINARY, b"B" * 5000)
+    receive(a, mask_frame(TEXT, b"one") + big[:100])  # a partial frame: kept by a's reader, not the buffer
+    receive(b, mask_frame(TEXT, b"two"))  # b's read overwrites the shared buffer
+    receive(a, big[100:])
+    assert owner.messages == [b"one", b"two", b"B" * 5000]
+    step(loop)
+    assert frames(ta.take()) == [(TEXT, b"echo:one"), (BINARY, b"echo:" + b"B" * 5000)]
+    assert frames(tb.take()) == [(TEXT, b"echo:two")]
+
+
+def test_a_handshake_read_into_the_shared_buffer_opens_the_connection(loop: asyncio.AbstractEventLoop) -> None:
+    owner = Owner(loop)
+    conn, _ = connect(owner)
+    receive(conn, UPGRADE + mask_frame(TEXT, b"first"))
+    assert conn.state == OPEN and owner.messages == [b"first"]
+
+
+def test_the_budget_holds_for_reads_into_the_shared_buffer(loop: asyncio.AbstractEventLoop) -> None:
+    owner = Owner(loop, Limits(frame_budget=4))
+    conn, t = open_conn(owner)
+    receive(conn, texts(10))
+    assert owner.messages == [b"m0", b"m1", b"m2", b"m3"] and t.events == ["pause"]
+    receive(conn, mask_frame(TEXT, b"late"))  # arrives while paused (a TLS layer may still deliver): queued
+    run_until(loop, lambda: len(owner.messages) == 11)
+    assert owner.messages == [b"m%d" % i for i in range(10)] + [b"late"]
+    assert t.events == ["pause", "resume"]
+
+
+def test_a_large_message_goes_out_as_its_header_and_itself(loop: asyncio.AbstractEventLoop) -> None:
+    owner = Owner(loop)
+    conn, t = open_conn(owner)
+    payload = b"p" * 70_000
+    conn.send_message(payload, False)
+    assert conn.out is not None and conn.out[-1] is payload  # not copied into a joined frame
+    step(loop)
+    assert frames(t.take()) == [(BINARY, payload)]

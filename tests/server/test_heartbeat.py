@@ -234,3 +234,37 @@ def test_stop_before_start_is_harmless(loop: asyncio.AbstractEventLoop) -> None:
     hb = heartbeat(loop, [])
     hb.stop()
     assert hb.handle is None
+
+
+# --- a sweep in slices ------------------------------------------------------------------------------------------
+
+
+def test_a_sweep_is_spread_over_slices_and_checks_each_connection_once(loop: asyncio.AbstractEventLoop) -> None:
+    conns = [FakeConn(client_id=f"0-{i}", last_rx=0.0) for i in range(95)]
+    extra: list[float] = []
+    hb = Heartbeat(loop, cast("list[Conn]", conns), Metrics(), 20.0, 20.0, False, extra.append)
+    assert hb.tick == pytest.approx(0.5) and hb.slices == 10 and hb.step == pytest.approx(0.05)
+    pinged: list[int] = []
+    for _ in range(hb.slices):
+        hb._run()
+        pinged.append(sum(c.pings for c in conns))
+    assert pinged == [10, 20, 30, 40, 50, 59, 68, 77, 86, 95]  # a tenth of them per slice
+    assert len(extra) == 1  # the periodic work runs once per sweep
+    hb._run()  # the next sweep starts from a fresh snapshot
+    assert len(extra) == 2 and all(c.pings == 1 for c in conns)  # pinged once, waiting for the answer
+    hb.stop()
+
+
+def test_a_connection_that_arrives_during_a_sweep_waits_for_the_next(loop: asyncio.AbstractEventLoop) -> None:
+    conns = [FakeConn(last_rx=0.0) for _ in range(20)]
+    hb = Heartbeat(loop, cast("list[Conn]", conns), Metrics(), 20.0, 20.0, False)
+    hb._run()
+    late = FakeConn(last_rx=0.0)
+    conns.append(late)
+    for _ in range(hb.slices - 1):
+        hb._run()
+    assert late.pings == 0 and all(c.pings == 1 for c in conns[:20])
+    for _ in range(hb.slices):
+        hb._run()
+    assert late.pings == 1
+    hb.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -376,3 +377,62 @@ def test_overflow_is_checked_after_every_flush_of_that_connection(loop: asyncio.
     hub.push(s, b"c")
     tick(loop)
     assert s.overflows == [250, 300]
+
+
+# --- the collector is off while a tick's output is queued (gc_window) ------------------------------------------
+
+
+@pytest.fixture
+def gc_window() -> Iterator[None]:
+    hub_module.gc_window(True)
+    try:
+        yield
+    finally:
+        hub_module.gc_window(False)
+        gc.enable()
+
+
+def test_the_collector_is_off_from_the_first_push_to_the_flush(loop: asyncio.AbstractEventLoop,
+                                                                gc_window: None) -> None:
+    hub = new_hub(loop)
+    sinks = [_Sink() for _ in range(3)]
+    for s in sinks:
+        hub.add(s, ["lobby"])
+    assert gc.isenabled()
+    assert hub.deliver(None, CHAT, "broadcast") == 3
+    assert not gc.isenabled()  # the receivers' queues are never walked, never promoted
+    tick(loop)
+    assert gc.isenabled() and all(s.t.calls for s in sinks)
+
+
+def test_the_collector_stays_off_while_a_flush_queues_more(loop: asyncio.AbstractEventLoop, gc_window: None) -> None:
+    hub = new_hub(loop, max_queue=10)
+    slow = _Sink(transport=FakeTransport(buffered=100))
+    slow.overflow = lambda queued: hub.push(slow, b"close frame")  # type: ignore[method-assign]  # as Conn.close
+    hub.add(slow, ["lobby"])
+    hub.push(slow, b"x")
+    hub.flush()
+    assert hub.scheduled and not gc.isenabled()  # the close frame waits for the next flush: still off
+    slow.t.buffered = 0
+    tick(loop)
+    assert not hub.scheduled and gc.isenabled()
+
+
+def test_without_the_window_the_collector_is_left_alone(loop: asyncio.AbstractEventLoop) -> None:
+    hub = new_hub(loop)
+    s = _Sink()
+    hub.add(s, ["lobby"])
+    hub.push(s, b"x")
+    assert gc.isenabled() and not hub.gc_paused
+    tick(loop)
+    assert gc.isenabled()
+
+
+def test_a_collector_turned_off_by_someone_else_stays_off(loop: asyncio.AbstractEventLoop, gc_window: None) -> None:
+    hub = new_hub(loop)
+    s = _Sink()
+    hub.add(s, ["lobby"])
+    gc.disable()
+    hub.push(s, b"x")
+    tick(loop)
+    assert not gc.isenabled() and not hub.gc_paused

@@ -616,3 +616,118 @@ def test_hostile_bytes_raise_nothing_but_ws_protocol_errors(data: bytes, with_de
     except WsProtocolError as exc:
         assert exc.code in (1002, 1007, 1009)
 
+
+
+# --- feed_read: frames parsed in place from a buffer the caller reuses -------------------------------------------
+
+
+def feed_read_all(reader: Reader, data: bytes | bytearray, budget: int, end: int = -1) -> list[Event]:
+    """feed_read, then read() until nothing complete is left (what a connection does over wake-ups)."""
+    events = reader.feed_read(data, budget, end)
+    while reader.more:
+        events += reader.read(budget)
+    return events
+
+
+@FAST
+@given(st.lists(messages, max_size=6), st.data())
+def test_feed_read_yields_what_feed_then_read_yields(msgs: list[tuple[int, bytes, int, list[bytes]]],
+                                                     data: st.DataObject) -> None:
+    wire, expected = wire_of(msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=12), label="cuts"))
+    budget = data.draw(st.integers(1, 8), label="budget")
+    shared = bytearray(len(wire) + 64)  # one receive buffer, overwritten by every read
+    reader = Reader(1 << 20, 16)
+    events: list[Event] = []
+    start = 0
+    for cut in [*cuts, len(wire)]:
+        n = cut - start
+        shared[:n] = wire[start:cut]
+        start = cut
+        events += feed_read_all(reader, shared, budget, n)
+        shared[:] = b"\xee" * len(shared)  # the next read reuses the buffer: no event may refer to it
+    assert events == expected
+    assert reader.buffered == 0 and reader.frag is None
+    assert reader.wire_bytes == len(wire)
+    whole = Reader(1 << 20, 16)
+    whole.feed(wire)
+    assert read_all(whole) == expected and whole.frames == reader.frames
+
+
+def test_feed_read_copies_only_the_partial_frame_left_at_the_end() -> None:
+    a, b = cf(OP_TEXT, b"a" * 300), cf(OP_BINARY, b"b" * 40)
+    reader = Reader(1 << 20, 16)
+    assert reader.feed_read(a + b[:7], 10) == [(TEXT, b"a" * 300)]
+    assert reader.buffered == 7  # the start of the second frame, nothing else
+    assert reader.feed_read(b[7:] + a[:1], 10) == [(BINARY, b"b" * 40)]
+    assert reader.buffered == 1
+    assert reader.feed_read(a[1:], 10) == [(TEXT, b"a" * 300)]
+    assert reader.buffered == 0 and reader.wire_bytes == 2 * len(a) + len(b)
+
+
+def test_feed_read_completes_a_header_split_anywhere() -> None:
+    frame = cf(OP_BINARY, bytes(range(256)) * 300)  # a 64-bit length: a 14-byte header
+    for cut in range(1, 15):
+        reader = Reader(1 << 20, 16)
+        assert reader.feed_read(frame[:cut], 10) == []
+        assert reader.feed_read(frame[cut:], 10) == [(BINARY, bytes(range(256)) * 300)]
+        assert reader.buffered == 0
+
+
+def test_feed_read_keeps_what_is_over_the_budget_and_says_more() -> None:
+    reader = Reader(1 << 20, 16)
+    wire = b"".join(cf(OP_TEXT, b"%d" % i) for i in range(5))
+    assert reader.feed_read(wire, 2) == [(TEXT, b"0"), (TEXT, b"1")]
+    assert reader.more and reader.buffered == len(wire) - 2 * 7
+    assert reader.read(2) == [(TEXT, b"2"), (TEXT, b"3")] and reader.more
+    assert reader.read(2) == [(TEXT, b"4")] and not reader.more
+
+
+def test_feed_read_budget_counts_the_frame_it_completed() -> None:
+    reader = Reader(1 << 20, 16)
+    first = cf(OP_TEXT, b"x" * 10)
+    reader.feed_read(first[:3], 1)
+    rest = first[3:] + cf(OP_TEXT, b"y")
+    assert reader.feed_read(rest, 1) == [(TEXT, b"x" * 10)]
+    assert reader.more and reader.read(1) == [(TEXT, b"y")]
+
+
+def test_feed_read_checks_a_header_before_its_payload_arrives() -> None:
+    reader = Reader(100, 16)
+    head = cf(OP_BINARY, b"z" * 1000)[:8]
+    reader.feed_read(head[:1], 10)
+    with pytest.raises(WsProtocolError) as info:
+        reader.feed_read(head[1:], 10)
+    assert info.value.code == 1009
+
+
+def test_feed_read_after_a_close_keeps_nothing() -> None:
+    reader = Reader(1 << 20, 16)
+    events = reader.feed_read(cf(OP_CLOSE, struct.pack("!H", 1000)) + cf(OP_TEXT, b"after"), 10)
+    assert events == [(CLOSE, struct.pack("!H", 1000))] and reader.closed and reader.buffered == 0
+    assert reader.feed_read(cf(OP_TEXT, b"more"), 10) == [] and reader.buffered == 0
+
+
+@FAST
+@given(st.binary(max_size=400) | st.lists(frame_fields, max_size=8).map(
+    lambda fs: b"".join(random_frame(*f) for f in fs)), st.booleans(), st.integers(1, 4), st.data())
+def test_hostile_bytes_through_feed_read_raise_nothing_but_ws_protocol_errors(
+        data: bytes, with_deflate: bool, budget: int, draw: st.DataObject) -> None:
+    reader = Reader(200, 4, deflate() if with_deflate else None)
+    start = 0
+    try:
+        for cut in [*sorted(draw.draw(st.lists(st.integers(0, len(data)), max_size=4))), len(data)]:
+            events = reader.feed_read(data[start:cut], budget)
+            start = cut
+            for _ in range(len(data) + 2):
+                for kind, payload in events:
+                    assert kind in (TEXT, BINARY, PING, PONG, CLOSE) and isinstance(payload, bytes)
+                    if kind in (TEXT, BINARY):
+                        assert len(payload) <= 200
+                if not reader.more:
+                    break
+                events = reader.read(budget)
+            else:
+                raise AssertionError("read() never ran out of frames")
+    except WsProtocolError as exc:
+        assert exc.code in (1002, 1007, 1009)

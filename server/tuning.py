@@ -1,0 +1,66 @@
+"""Process-wide settings that decide tail latency and CPU per message: the allocator and the garbage collector.
+
+Called once per worker, after its modules are imported and before its loop runs (:func:`tune_worker`).
+
+- **The allocator** (glibc only; elsewhere nothing changes). By default glibc gives the top of its heap
+  back to the kernel as soon as 128 KiB of it is free, and serves blocks over 128 KiB (the dynamic threshold
+  grows to 32 MiB) with fresh ``mmap`` s. A worker echoing 16-64 KiB messages frees and reallocates such
+  blocks on every loop tick, so every tick paid for page faults and zeroed pages again: a quarter of the
+  server's CPU at 16 KiB (``perf``: ``exc_page_fault``, ``clear_page_erms``, ``__brk``/``unmap_page_range``).
+  A trim threshold of ``TRIM_THRESHOLD`` keeps that much free heap in the process instead, and an mmap
+  threshold of ``MMAP_THRESHOLD`` (a fixed one: the dynamic one only grows after the first fault) keeps
+  messages up to the default ``--max-message-size`` on the heap.
+- **The garbage collector.** ``gc.freeze()`` after boot moves every object that exists then (modules,
+  classes, functions: tens of thousands) to the permanent generation, so a full collection no longer walks
+  them; what is left to walk is the connections themselves. The hub keeps the collector off while a tick's
+  output is queued (see :meth:`server.hub.Hub.push`), so fan-out's per-receiver queues never get promoted
+  and never trigger the full collections that were the tail of fan-out latency.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import sys
+from typing import Final
+
+from . import hub
+
+log = logging.getLogger("fanwire.worker")
+
+TRIM_THRESHOLD: Final = 32 << 20  # bytes of free heap top kept in the process instead of given back
+MMAP_THRESHOLD: Final = 4 << 20  # blocks below this come from the heap (reused), not from fresh mmaps
+_M_TRIM_THRESHOLD: Final = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD: Final = -3
+
+
+def tune_allocator(trim: int = TRIM_THRESHOLD, mmap: int = MMAP_THRESHOLD) -> bool:
+    """glibc: keep freed memory for reuse instead of returning it at once. True when applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, trim)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap))
+
+
+def freeze_boot_objects() -> None:
+    """Collect once, then exempt everything alive (the boot's objects) from every later collection."""
+    gc.collect()
+    gc.freeze()
+
+
+def tune_worker(loop: str = "") -> None:
+    """Both, for a worker about to run ``loop`` (imported first, so its module objects are frozen too)."""
+    if not tune_allocator():
+        log.debug("allocator not tuned (not glibc)")
+    if loop == "uvloop":
+        import uvloop  # noqa: F401
+    hub.gc_window(True)
+    freeze_boot_objects()
