@@ -35,6 +35,7 @@ from .errors import PublishFailed
 from .hub import Hub
 from .metrics import Metrics
 from .protocol import (
+    STATS_ROOM,
     SYSTEM_PREFIX,
     Custom,
     Join,
@@ -53,6 +54,8 @@ from .streams.table import Replay
 
 if TYPE_CHECKING:
     from .connection import Conn
+    from .looplag import LoopLag
+    from .statsfeed import StatsFeed
 
 log = logging.getLogger("fanwire.worker")
 
@@ -157,6 +160,8 @@ class Messaging:
         self.presence: pres.PresenceTable[Conn] = pres.PresenceTable(presence_max_members)
         self.count_in = metrics.count_in
         self.count_out = metrics.count_out
+        self.looplag: LoopLag | None = None  # set by the worker: the loop lag in every snapshot
+        self.statsfeed: StatsFeed | None = None  # set by the worker: hears the $stats publications
 
     # --- the handlers' sink ---------------------------------------------------------------------------
 
@@ -446,6 +451,8 @@ class Messaging:
 
     def on_publication(self, pub: Publication) -> None:
         stream = pub.room if pub.room is not None else BROADCAST
+        if stream == STATS_ROOM and self.statsfeed is not None:
+            self.statsfeed.heard(pub.payload)  # which worker of this node publishes $stats
         if self.pending_joins:
             waiting = self.pending_joins.get(stream)
             if waiting:
@@ -461,6 +468,7 @@ class Messaging:
         uptime = round(time.monotonic() - self.started, 3)
         nconns = len(hub.conns)
         nrooms = sum(1 for r in hub.rooms if not r.startswith(SYSTEM_PREFIX))  # the server's own are no rooms
+        lag = self.looplag.seconds() if self.looplag is not None else 0.0
         snap = {
             "id": self.worker_id,
             "pid": self.pid,
@@ -471,7 +479,8 @@ class Messaging:
             "room_count": nrooms,
             "room_counts": room_counts(hub.rooms, query),
             "uptime_s": uptime,
-            "metrics": m.snapshot(nconns, nrooms, self.worker_id, uptime, self.bus.healthy()),
+            "loop_lag_ms": round(lag * 1000, 3),
+            "metrics": m.snapshot(nconns, nrooms, self.worker_id, uptime, self.bus.healthy(), lag),
         }
         if query is not None:
             if query.presence:

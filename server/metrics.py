@@ -43,6 +43,7 @@ HELP: Final[dict[str, str]] = {
     "fanwire_rooms": "Rooms with at least one member (summed over workers).",
     "fanwire_workers": "Workers that answered this scrape.",
     "fanwire_worker_connections": "Open connections per worker.",
+    "fanwire_loop_lag_seconds": "Event-loop lag per worker: how late a 50 ms timer fired, the worst of the last 1-2 s.",
     "fanwire_uptime_seconds": "Seconds since the oldest answering worker started.",
     "fanwire_bus_up": "1 when the bus is healthy, 0 when degraded.",
     "fanwire_redis_messages_out_total": "Publications relayed to other nodes through Redis.",
@@ -141,7 +142,8 @@ class Metrics:
     def total_out(self) -> int:
         return sum(self.messages_out.values())
 
-    def snapshot(self, connections: int, rooms: int, worker: int, uptime_s: float, bus_up: bool) -> Snapshot:
+    def snapshot(self, connections: int, rooms: int, worker: int, uptime_s: float, bus_up: bool,
+                 loop_lag_s: float = 0.0) -> Snapshot:
         s: Snapshot = {
             "fanwire_connections": {"": connections},
             "fanwire_connections_opened_total": {"": self.opened},
@@ -174,6 +176,7 @@ class Metrics:
             "fanwire_rooms": {"": rooms},
             "fanwire_workers": {"": 1},
             "fanwire_worker_connections": {f'worker="{worker}"': connections},
+            "fanwire_loop_lag_seconds": {f'worker="{worker}"': round(loop_lag_s, 6)},
             "fanwire_uptime_seconds": {"": uptime_s},
             "fanwire_bus_up": {"": 1 if bus_up else 0},
         }

@@ -36,11 +36,14 @@ from .handlers import MODES
 from .heartbeat import Heartbeat
 from .http.api import Api
 from .http.routes import Router
+from .http.static import Files
 from .hub import Hub
 from .logs import lifecycle
+from .looplag import LoopLag
 from .messaging import Messaging
 from .metrics import Metrics
 from .security.iptable import IpTable
+from .statsfeed import StatsFeed
 
 log = logging.getLogger("fanwire.worker")
 
@@ -86,7 +89,7 @@ class Worker:
             from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
             self.extension_factories = [ServerPerMessageDeflateFactory()]
-        self.host.router = Router(self, Api(cfg, self.messaging, metrics, self.spawn))
+        self.host.router = Router(self, Api(cfg, self.messaging, metrics, self.spawn), Files.load())
         self.ssl: ssl.SSLContext | None = None
         if cfg.certfile and cfg.keyfile:
             from .security.tls import server_context
@@ -135,6 +138,10 @@ class Worker:
         self.heartbeat = Heartbeat(loop, self.hub.conns, self.metrics, self.cfg.ping_interval,
                                    self.cfg.ping_timeout, bool(self.cfg.auth_secret), self._periodic)
         self.heartbeat.start()
+        self.messaging.looplag = looplag = LoopLag(loop)
+        looplag.start()
+        self.messaging.statsfeed = statsfeed = StatsFeed(self.messaging, loop, self.spawn)
+        statsfeed.start()
         loop.call_later(0.5, self._liveness)
         await self._stopped
         await self._shutdown()
@@ -183,6 +190,10 @@ class Worker:
             conn.abort()
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if self.messaging.statsfeed is not None:
+            self.messaging.statsfeed.stop()
+        if self.messaging.looplag is not None:
+            self.messaging.looplag.stop()
         await self.bus.close()
         for task in list(self.tasks):
             task.cancel()

@@ -14,10 +14,13 @@ JSON = "application/json"
 
 def response(status: int, body: bytes = b"", content_type: str = TEXT,
              headers: Iterable[tuple[str, str]] = (), head_only: bool = False) -> bytes:
-    """A complete response: status line, Date, Connection: close, Content-Length, Content-Type, extras."""
+    """A complete response: status line, Date, Connection: close, Content-Length, Content-Type, extras.
+    ``head_only``: the head alone, with the length of ``body`` (a HEAD, a 304). A 204 has no length at all
+    (RFC 9110 8.6)."""
     phrase = http.HTTPStatus(status).phrase
-    lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {email.utils.formatdate(usegmt=True)}",
-             "Connection: close", f"Content-Length: {len(body)}"]
+    lines = [f"HTTP/1.1 {status} {phrase}", f"Date: {email.utils.formatdate(usegmt=True)}", "Connection: close"]
+    if status != 204:
+        lines.append(f"Content-Length: {len(body)}")
     if body or content_type != TEXT:
         lines.append(f"Content-Type: {content_type}")
     lines.extend(f"{k}: {v}" for k, v in headers)

@@ -1,7 +1,7 @@
 """Screenshots of the chat page and the dashboard for the docs: ``python -m tests.browser.screenshots [DIR]``
 (default ``docs/``): docs/browser-chat.png (a real 2-worker server, two pages and a Python client) and
-docs/browser-dashboard.png (the fake v1.1 server's `$stats` under a little load, until the real server
-publishes `$stats`). Uses the system's Chromium like the tests; starts and stops everything it uses."""
+docs/browser-dashboard.png (the same server's `$stats` under a little load). Uses the system's Chromium
+like the tests; starts and stops everything it uses."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 
 from client import Client
-from tests.browser.conftest import CHROMIUM_ARGS, chromium_binary, make_page_url
-from tests.browser.fakeserver import FakeServer
+from tests.browser.conftest import CHROMIUM_ARGS, PageUrl, chromium_binary, make_page_url
 from tests.browser.site import StaticSite
 from tests.browser.ui import send_broadcast, send_chat, wait_state, wait_text
 from tests.helpers import ROOT, ServerProcess
@@ -70,34 +69,42 @@ def shoot(binary: str, out: Path, site: StaticSite, srv: ServerProcess) -> None:
             browser.close()
             raise
 
-        with FakeServer(stats_interval=1.0) as fake:
-            stop = threading.Event()
+        try:
+            dashboard(browser, url, srv, out)
+        finally:
+            browser.close()
 
-            def traffic() -> None:
-                clients = [Client(fake.url, user=f"u{i}") for i in range(6)]
-                for c in clients:
-                    c.connect()
-                i = 0
-                while not stop.is_set():
-                    i += 1
-                    clients[i % 6].send_chat_message(f"m{i}")
-                    if i % 7 == 0:
-                        clients[i % 6].ping()
-                    time.sleep(0.004 + 0.004 * ((i // 300) % 3))
-                for c in clients:
-                    c.disconnect()
 
-            t = threading.Thread(target=traffic, daemon=True)
-            t.start()
-            ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, device_scale_factor=1)
-            page = ctx.new_page()
-            page.goto(fake.http + "/dashboard")
-            wait_state(page, "connected")
-            time.sleep(12)
-            page.screenshot(path=str(out / "browser-dashboard.png"), full_page=False)
-            stop.set()
-            t.join(10)
-        browser.close()
+def dashboard(browser: Browser, url: PageUrl, srv: ServerProcess, out: Path) -> None:
+    """The dashboard of the same real server, under a little load from six Python clients."""
+    stop = threading.Event()
+
+    def traffic() -> None:
+        clients = [Client(srv.url, user=f"u{i}") for i in range(6)]
+        for c in clients:
+            c.connect()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            clients[i % 6].send_chat_message(f"m{i}")
+            if i % 7 == 0:
+                clients[i % 6].ping()
+            time.sleep(0.004 + 0.004 * ((i // 300) % 3))
+        for c in clients:
+            c.disconnect()
+
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    try:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, device_scale_factor=1)
+        page = ctx.new_page()
+        page.goto(url("/dashboard"))
+        wait_state(page, "connected")
+        time.sleep(12)
+        page.screenshot(path=str(out / "browser-dashboard.png"), full_page=False)
+    finally:
+        stop.set()
+        t.join(10)
 
 
 if __name__ == "__main__":

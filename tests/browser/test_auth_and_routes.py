@@ -1,5 +1,6 @@
-"""The chat page against a real server with --auth-secret (a clear 401 instead of a retry loop; a token
-from the URL or the field), and the HTTP routes the server is meant to serve the pages on."""
+"""The chat page against a real server with --auth-secret (a clear 401 instead of a retry loop, named
+exactly thanks to ``/connect-check``; a token from the URL or the field), and the HTTP routes the server
+serves the pages on."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tests.browser.ui import wait_state
 from tests.helpers import ServerProcess, T, http_get
 
 SECRET = "browser-tests-secret-0123456789abcdef"
-NEEDS_ROUTES = "needs the server to serve the pages (routes /, /dashboard, /fanwire.js, /static/, /connect-check)"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,6 @@ def test_token_in_the_url(pages: Pages, auth_server: tuple[ServerProcess, PageUr
     assert "token=" not in page.url, "the token is removed from the address bar"
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_ROUTES)
 def test_401_is_named_precisely_with_the_servers_check_endpoint(pages: Pages,
                                                                 auth_server: tuple[ServerProcess, PageUrl]) -> None:
     srv, url = auth_server
@@ -67,7 +66,6 @@ def test_401_is_named_precisely_with_the_servers_check_endpoint(pages: Pages,
     assert page.evaluate("() => fanwireChat.client.attempts") == 1
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_ROUTES)
 def test_server_serves_the_pages_with_types_caching_and_csp(real_server: ServerProcess) -> None:
     port = real_server.port
     expect = {"/": "text/html", "/dashboard": "text/html", "/fanwire.js": "text/javascript",
@@ -97,7 +95,6 @@ def test_server_serves_the_pages_with_types_caching_and_csp(real_server: ServerP
     assert "no-store" in headers.get("cache-control", "")
 
 
-@pytest.mark.xfail(strict=False, reason=NEEDS_ROUTES)
 def test_connect_check_says_what_the_handshake_would_get(auth_server: tuple[ServerProcess, PageUrl]) -> None:
     srv, _ = auth_server
     status, _, body = http_get(srv.port, "/connect-check")

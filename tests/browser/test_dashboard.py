@@ -1,7 +1,6 @@
 """The dashboard in Chromium: live figures from `$stats` snapshots that move under load and name the
 workers; counter resets never show negative rates; the admin token. Against the fake v1.1 server (which
-publishes `$stats` like the real one is meant to), and against the real server (xfail until it has
-`$stats`)."""
+publishes `$stats` like the real one), and against the real server."""
 
 from __future__ import annotations
 
@@ -104,7 +103,6 @@ def test_dashboard_needs_an_admin_token_for_stats(pages: Pages) -> None:
         poll(lambda: tile_value(page2, "workers") == 2, "figures with the admin token")
 
 
-@pytest.mark.xfail(strict=False, reason="needs the $stats room in the server")
 def test_dashboard_on_the_real_server(pages: Pages, page_url: PageUrl, real_server: ServerProcess) -> None:
     page = pages.open(page_url("/dashboard"))
     wait_state(page, "connected")

@@ -92,7 +92,11 @@ REFUSED_HEADS = {
     "401 no token": HANDSHAKE.format(path="/", extra=""),
     "401 bad token": HANDSHAKE.format(path="/", extra="Authorization: Bearer abc.def.ghi\r\n"),
     "403 origin": HANDSHAKE.format(path="/", extra="Origin: https://evil.example\r\n"),
-    "426 no upgrade": "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "200 chat page": "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "404 unknown path": "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    "401 connect-check": "GET /connect-check HTTP/1.1\r\nHost: x\r\n\r\n",
+    "204 connect-check": (f"GET /connect-check?token={token('checker', ['*'], broadcast=True)} HTTP/1.1\r\n"
+                          "Host: x\r\nOrigin: https://good.example\r\n\r\n"),
     "200 healthz": "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
     "200 metrics": "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
     "400 bad version": ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

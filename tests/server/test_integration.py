@@ -202,8 +202,9 @@ def test_http_routes(srv: ServerProcess) -> None:
     assert status == 200 and headers["content-type"] == "application/json"
     health = json.loads(body)
     assert health["status"] == "ok" and health["worker"] in (0, 1) and health["bus"] == "ok"
-    assert http_get(srv.port, "/")[0] == 426
-    assert http_get(srv.port, "/anything?x=1")[0] == 426
+    status, headers, _ = http_get(srv.port, "/")  # the chat page (tests/server/http/test_static.py)
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert http_get(srv.port, "/anything?x=1")[0] == 404  # a plain GET of an unknown path: not found
     raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     assert http_get(srv.port, "", raw=raw)[0] == 405
     assert http_get(srv.port, "", raw=b"GARBAGE\r\n\r\n")[0] == 400

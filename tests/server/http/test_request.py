@@ -321,8 +321,10 @@ def test_the_status_line_carries_the_standard_phrase(status: int, line: str) -> 
 
 
 def test_an_empty_plain_text_response_has_no_content_type() -> None:
-    _, headers, body = split_response(http_response.response(204))
+    _, headers, body = split_response(http_response.response(200))
     assert headers["Content-Length"] == "0" and body == b"" and "Content-Type" not in headers
+    _, headers, body = split_response(http_response.response(204))  # no length at all (RFC 9110 8.6)
+    assert "Content-Length" not in headers and body == b"" and "Content-Type" not in headers
     _, headers, _ = split_response(http_response.response(200, b"", "text/html"))
     assert headers["Content-Type"] == "text/html"
 
