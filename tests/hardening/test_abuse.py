@@ -127,6 +127,24 @@ def test_bad_frames_get_their_close_code_and_others_are_unaffected(srv: ServerPr
         assert after.get(key, 0) - before.get(key, 0) == expected, key
 
 
+def test_clients_choosing_close_codes_cannot_grow_the_metric(srv: ServerProcess) -> None:
+    """Every close code of the applications' ranges is one label per range: 200 clients closing with 200
+    different codes add two label values to fanwire_connections_closed_total, not 200."""
+    codes = [3000 + i for i in range(100)] + [4000 + i for i in range(100)]
+    for code in codes:
+        assert close_code_after(srv.port, mask_frame(0x8, struct.pack("!H", code))) == code  # echoed
+    deadline = time.monotonic() + T(5)
+    while True:
+        m = scrape_metrics(srv.port)
+        labels = {k for k in m if k.startswith("fanwire_connections_closed_total")}
+        if m.get('fanwire_connections_closed_total{code="3xxx"}', 0) >= 100 and \
+                m.get('fanwire_connections_closed_total{code="4xxx"}', 0) >= 100:
+            break
+        assert time.monotonic() < deadline, sorted(labels)
+        time.sleep(0.05)
+    assert not any(str(c) in k for k in labels for c in codes), sorted(labels)
+
+
 def test_slowloris_handshakes_time_out_with_408_and_cost_nobody(srv: ServerProcess) -> None:
     before = scrape_metrics(srv.port)
     n_silent, n_partial, n_drip = 10, 10, 3
