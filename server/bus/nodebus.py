@@ -22,6 +22,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from ..metrics import Metrics
 from ..stats import StatsQuery
 from .base import Bus, BusHandler, BusSettings, Done, ReplayDone, Submission
@@ -84,8 +86,13 @@ class NodeBus(Bus):
         await self.local.hand_over()
 
     async def close(self) -> None:
+        """Close the Redis bus, then the pipe bus (whatever became of the first: the worker's shutdown must
+        go on, and the node's other workers must get our BYE). A Redis error is logged, not raised: there is
+        nothing left to do about it; an error of the pipe bus still surfaces."""
         try:
             await self.remote.close()
+        except (RedisError, OSError, RuntimeError) as exc:
+            log.warning("bus: closing the Redis bus failed: %s", exc)
         finally:
             await self.local.close()
 

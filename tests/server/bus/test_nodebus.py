@@ -602,10 +602,6 @@ def test_close_closes_both() -> None:
     assert local.closed == 1 and remote.closed == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "REGRESSION: server/bus/nodebus.py NodeBus.close (line 86-90) no longer suppresses the Redis bus's close "
-    "error (commit 14f64cf had contextlib.suppress(Exception) around remote.close()): the local bus is "
-    "closed, then the Redis error escapes the worker's shutdown"))
 def test_close_closes_the_local_bus_even_if_the_remote_raises() -> None:
     bus, local, remote = node()
     remote.close_error = ConnectionError("redis is gone")
