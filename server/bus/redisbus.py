@@ -1,10 +1,12 @@
 """RedisBus: streams sequenced by Redis, delivered through Redis pub/sub (redis-py asyncio, hiredis parser).
 
-Every worker of every node runs one RedisBus with two Redis connections: a subscriber and a small pool for
-commands. With the Redis bus, Redis is every stream's sequencer: a submission runs the ``SEQUENCE`` script
-(:mod:`.redisscripts`), which gives the message its offset, appends it to the stream's history (a Redis
-stream) and publishes it on the stream's channel, atomically, so every worker of every node - the one that
-submitted it included - receives each stream's messages in one order. History survives worker and node
+Every worker of every node runs one RedisBus with a subscriber connection and a small pool for commands
+(``_POOL_SIZE``; a command that finds every connection in use waits for one, at most ``command_timeout``,
+instead of failing - which would end the session). With the Redis bus, Redis is every stream's sequencer:
+a submission runs the ``SEQUENCE`` script (:mod:`.redisscripts`), which gives the message its offset,
+appends it to the stream's history (a Redis stream) and publishes it on the stream's channel, atomically,
+so every worker of every node - the one that submitted it included - receives each stream's messages in
+one order. History survives worker and node
 restarts; a Redis restart loses it, and the streams then start new epochs (clients learn it on recovery).
 
 Sending: :meth:`submit` never blocks and never raises. Submissions wait in a list; one writer task sends
@@ -17,8 +19,10 @@ sequences locally instead).
 Receiving: the subscriber listens to the broadcast channel, to the rooms in ``always``, and to the channel
 of every room with members on this worker (:meth:`room_members`) or a join in progress (:meth:`history`
 subscribes first, waits for Redis to confirm, then runs ``REPLAY``, so every message published after the
-replay's ``latest`` reaches this worker). Malformed, oversized or unstamped payloads are dropped and counted
-(``redis_bad_frame``, ``redis_oversized``, ``redis_bad_payload``).
+replay's ``latest`` reaches this worker). At most ``_MAX_REPLAYS`` replays run at once: a burst of joins
+(clients re-joining after a blip) queues for its turn - at most ``command_timeout`` - and leaves the pool's
+other connections to the writer and the upkeep. Malformed, oversized or unstamped payloads are dropped and
+counted (``redis_bad_frame``, ``redis_oversized``, ``redis_bad_payload``).
 
 Presence and stats: every ``stats_interval`` the worker writes its stats snapshot with a TTL and refreshes
 its entry in a sorted set scored by expiry time, so a dead node disappears within ``ttl``; its members per
@@ -27,7 +31,8 @@ room live in a hash with the same TTL (read by the other nodes' ``get_stats``).
 Faults: any Redis error tears both connections down; the bus reports unhealthy (the worker says
 ``"bus": "degraded"``), and reconnects with capped exponential backoff and full jitter (the project's one
 generator, :mod:`server.backoff`), resubscribing on success; ``on_reconnect`` is then called (the node bus
-resets the epochs of the streams it sequenced locally meanwhile).
+resets the epochs of the streams it sequenced locally meanwhile). Closing fails what is still pending and
+waits (bounded) for the joins in flight to be answered.
 
 Why this module is long: one connection session (subscriber, writer, interest, presence, room counts)
 and its reconnect loop share the session's state; the pure framing and names are in :mod:`.redisframe`,
@@ -40,7 +45,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -63,6 +68,9 @@ URL_SCHEMES = ("redis", "rediss", "unix")
 _YIELD_EVERY = 64  # received messages between yields to the event loop, for fairness with clients
 _MAX_BATCH = 512  # submissions per pipeline
 _MAX_HEADER_CACHE = 4096
+_POOL_SIZE = 16  # command connections per worker (the subscriber takes one more of them)
+_MAX_REPLAYS = 4  # joins' REPLAY scripts at once; more wait their turn
+_MAX_STATS = 2  # stats readings at once
 HIGH_WATER = 4 << 20  # bytes waiting for Redis above which publishers are held (back-pressure)
 LOW_WATER = 1 << 20
 META_TTL_S = 7 * 24 * 3600  # an idle stream keeps its epoch and offset this long
@@ -80,11 +88,14 @@ class _Down(Exception):
 
 
 async def _reap(task: asyncio.Task[Any] | None, timeout: float = 2.0) -> None:
-    """Wait for a task we cancelled (or that ended) to finish; its own cancellation is expected, ours is not."""
+    """Wait for a task we cancelled (or that ended) to finish; its own cancellation is expected, ours is not.
+    (``asyncio.timeout``, never ``wait_for``, here and below: on Python 3.11, ``wait_for`` can swallow a
+    cancellation that arrives as the awaited thing ends, and a cancelled session would go on.)"""
     if task is None:
         return
     try:
-        await asyncio.wait_for(task, timeout)
+        async with asyncio.timeout(timeout):
+            await task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
@@ -95,7 +106,8 @@ async def _reap(task: asyncio.Task[Any] | None, timeout: float = 2.0) -> None:
 
 async def _close_quietly(closer: Any, what: str) -> None:
     try:
-        await asyncio.wait_for(closer(), 1.0)
+        async with asyncio.timeout(1.0):
+            await closer()
     except (TimeoutError, RedisError, OSError, RuntimeError) as exc:
         log.debug("redis bus: closing the %s: %s", what, exc)
 
@@ -146,8 +158,8 @@ class RedisBus(Bus):
         self._rooms: set[str] = set(always)  # rooms with local members or a join in progress: channels we want
         self._joining: dict[str, int] = {}  # room -> joins in progress (they keep its channel subscribed)
         self._confirmed: set[bytes] = set()  # channels Redis confirmed in this session
-        self._confirm_waits: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._markers: dict[bytes, asyncio.Future[None]] = {}  # a join's marker -> its waiter
+        self._confirm_waits: dict[bytes, list[asyncio.Future[bool]]] = {}  # True: confirmed; False: session over
+        self._markers: dict[bytes, asyncio.Future[bool]] = {}  # a join's marker -> its waiter (as above)
         self._sub_changes: dict[str, bool] = {}  # room -> subscribe (True) / unsubscribe, not yet sent
         self._counts: dict[str, int] = {}  # members per room on this worker
         self._count_changes: dict[str, int] = {}  # not yet written to Redis
@@ -170,7 +182,9 @@ class RedisBus(Bus):
         self._inflight = False  # a pipeline is on its way
         self._refreshing = False  # a presence refresh is on its way
         self._stats_slots: asyncio.Semaphore | None = None  # bounds concurrent MGETs (pool connections)
+        self._replay_slots: asyncio.Semaphore | None = None  # bounds concurrent REPLAYs (pool connections)
         self._stats_ok = True  # the last reading of the other nodes' stats succeeded
+        self._tasks: set[asyncio.Task[None]] = set()  # histories and control publications on their way
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -181,10 +195,12 @@ class RedisBus(Bus):
         self._sub_wake = asyncio.Event()
         self._count_wake = asyncio.Event()
         self._first = asyncio.Event()
-        self._stats_slots = asyncio.Semaphore(2)
+        self._stats_slots = asyncio.Semaphore(_MAX_STATS)
+        self._replay_slots = asyncio.Semaphore(_MAX_REPLAYS)
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="redis-bus")
         try:
-            await asyncio.wait_for(self._first.wait(), self.connect_timeout + self.command_timeout)
+            async with asyncio.timeout(self.connect_timeout + self.command_timeout):
+                await self._first.wait()
         except TimeoutError:
             log.warning("redis bus: %s not reachable at start; serving degraded until it is", self.url)
 
@@ -199,7 +215,8 @@ class RedisBus(Bus):
                    and time.monotonic() < deadline):
                 await asyncio.sleep(0.005)  # let the writer flush, in order; let a refresh land first
             try:
-                await asyncio.wait_for(self._goodbye(client), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._goodbye(client)
             except (TimeoutError, RedisError, OSError) as exc:
                 log.debug("redis bus: goodbye failed: %s", exc)
         self._up = False
@@ -207,6 +224,8 @@ class RedisBus(Bus):
             self._runner.cancel()
             await _reap(self._runner)
         await self._teardown()
+        if self._tasks:  # histories on their way end now (their waits were woken): let each call its done
+            await asyncio.wait(list(self._tasks), timeout=self.command_timeout)
 
     async def _goodbye(self, client: Any) -> None:
         """Leave the presence set at once (peers need not wait for the TTL)."""
@@ -273,18 +292,24 @@ class RedisBus(Bus):
         # No socket_timeout either: redis-py would run every write through asyncio.wait_for (a task per
         # command, sent a loop iteration late); our commands run under asyncio.timeout() instead, and a
         # dead subscriber connection is noticed by the command connection of the same session.
-        client = self._client = aredis.Redis.from_url(
-            self.url, socket_connect_timeout=self.connect_timeout, socket_timeout=None,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0, max_connections=8,
-            client_name=f"fanwire:{self.node}:{self.worker_id}")
-        await asyncio.wait_for(client.ping(), self.command_timeout)
+        # A blocking pool: a command that finds every connection in use waits for one (redis-py's default
+        # pool raises instead, which would end the session); joins and stats take turns below the pool's
+        # size (_MAX_REPLAYS, _MAX_STATS), so the writer and the upkeep always find one soon.
+        pool = aredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=_POOL_SIZE, timeout=self.command_timeout,
+            socket_connect_timeout=self.connect_timeout, socket_timeout=None, retry=Retry(NoBackoff(), 0),
+            health_check_interval=0, client_name=f"fanwire:{self.node}:{self.worker_id}")
+        client = self._client = aredis.Redis.from_pool(pool)  # (closing the client closes its pool)
+        async with asyncio.timeout(self.command_timeout):
+            await client.ping()
         self._scripts = {name: client.register_script(getattr(redisscripts, name))
                          for name in ("SEQUENCE", "REPLAY", "RESET")}
         pubsub = self._pubsub = client.pubsub()
         self._sub_changes.clear()
         self._confirmed.clear()
         channels = [self._bchannel, self._cchannel] + [self._channel_of(r)[0] for r in self._rooms]
-        await asyncio.wait_for(self._subscribe_confirmed(pubsub, channels), self.command_timeout)
+        async with asyncio.timeout(self.command_timeout):
+            await self._subscribe_confirmed(pubsub, channels)
         self._count_changes.clear()
         await self._write_counts(client, {r: n for r, n in self._counts.items() if not r.startswith("$")},
                                  replace=True)
@@ -337,15 +362,16 @@ class RedisBus(Bus):
         pubsub, client = self._pubsub, self._client
         self._pubsub = self._client = None
         self._members = []
+        self._scripts = {}  # bound to this session's client: a later call must not revive its pool
         self._confirmed.clear()
-        for waits in self._confirm_waits.values():
-            for fut in waits:
+        for waits in self._confirm_waits.values():  # False: the session ended (a result, so that a waiter
+            for fut in waits:  # gone already leaves no "exception never retrieved" behind)
                 if not fut.done():
-                    fut.set_exception(_Down("redis session ended"))
+                    fut.set_result(False)
         self._confirm_waits.clear()
         for fut in self._markers.values():
             if not fut.done():
-                fut.set_exception(_Down("redis session ended"))
+                fut.set_result(False)
         self._markers.clear()
         if self._pending:
             self._fail_pending("redis_down")
@@ -381,7 +407,7 @@ class RedisBus(Bus):
         if env[:2] == rf.MARKER:
             waiter = self._markers.pop(env, None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
             return  # another worker's join: nothing for us
         if env[:2] == rf.CONTROL:
             self._on_control(env)
@@ -434,7 +460,7 @@ class RedisBus(Bus):
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("redis bus: a control command was not sent: %s", exc)
 
-        asyncio.get_running_loop().create_task(send())
+        self._spawn(send())
         return len(self.nodes())
 
     # --- sending ------------------------------------------------------------------------------------
@@ -552,30 +578,49 @@ class RedisBus(Bus):
         if not self._up:
             done("unavailable")
             return
-        asyncio.get_running_loop().create_task(self._history(stream, since, done))
+        self._spawn(self._history(stream, since, done))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # (a reference, until it ends)
+        task.add_done_callback(self._tasks.discard)
 
     async def _history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        """Subscribe (the join keeps the room's channel wanted meanwhile), wait for Redis to confirm, run REPLAY
+        (a few at a time: a burst of joins queues for its turn rather than drain the connection pool), then
+        wait for its marker: every live message up to the replay's latest has reached us then."""
         room = None if stream == BROADCAST else stream
         if room is not None:
             self._join_interest(room, +1)
         marker = rf.MARKER + os.urandom(12)
+        loop = asyncio.get_running_loop()
+        slots = self._replay_slots
+        assert slots is not None
         try:
             channel = self._channel_of(stream)[0]
             if channel not in self._confirmed:
-                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                fut: asyncio.Future[bool] = loop.create_future()
                 self._confirm_waits.setdefault(channel, []).append(fut)
                 async with asyncio.timeout(self.command_timeout):
-                    await fut
+                    if not await fut:
+                        raise _Down("redis session ended")
             meta, hist = rf.stream_keys(self.prefix, stream)
-            arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            arrived: asyncio.Future[bool] = loop.create_future()
             self._markers[marker] = arrived
+            async with asyncio.timeout(self.command_timeout):  # our turn
+                await slots.acquire()
+            try:
+                async with asyncio.timeout(self.command_timeout):
+                    res = await self._scripts["REPLAY"](
+                        keys=[meta, hist],
+                        args=["" if since is None else since[0], "" if since is None else since[1],
+                              self.history_ttl_ms, stamp.new_epoch(), META_TTL_S * 1000, channel, marker])
+            finally:
+                slots.release()
             async with asyncio.timeout(self.command_timeout):
-                res = await self._scripts["REPLAY"](
-                    keys=[meta, hist],
-                    args=["" if since is None else since[0], "" if since is None else since[1],
-                          self.history_ttl_ms, stamp.new_epoch(), META_TTL_S * 1000, channel, marker])
-                await arrived  # every live message up to the replay's latest has reached us now
-        except (TimeoutError, _Down, RedisError, OSError, KeyError) as exc:
+                if not await arrived:  # every live message up to the replay's latest has reached us now
+                    raise _Down("redis session ended")
+        except (TimeoutError, _Down, RedisError, OSError, KeyError, BusFrameError) as exc:
             log.debug("redis bus: history of %r failed: %s", stream, exc)
             done("unavailable")
         else:
@@ -588,7 +633,7 @@ class RedisBus(Bus):
             self._markers.pop(marker, None)
             if room is not None:
                 # after done(): the hub subscribed the joiner meanwhile, so the channel stays wanted
-                asyncio.get_running_loop().call_soon(self._join_interest, room, -1)
+                loop.call_soon(self._join_interest, room, -1)
 
     def _join_interest(self, room: str, delta: int) -> None:
         n = self._joining.get(room, 0) + delta
@@ -602,13 +647,13 @@ class RedisBus(Bus):
         self._confirmed.add(channel)
         for fut in self._confirm_waits.pop(channel, []):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     async def reset_epochs(self, streams: Iterable[str]) -> None:
         """New epochs for these streams (they were published to locally while Redis was unreachable)."""
-        if not self._up:
+        script = self._scripts.get("RESET")
+        if not self._up or script is None:
             return
-        script = self._scripts["RESET"]
         for stream in streams:
             meta, hist = rf.stream_keys(self.prefix, stream)
             try:

@@ -525,12 +525,6 @@ def test_history_unavailable_while_down_and_after_close(redis_server: RedisServe
 
 JOINS_BURST = 40  # clients re-joining at once, as after a network blip (more than the 8 pooled connections)
 
-POOL_BUG = ("BUG: server/bus/redisbus.py _session (line 278: max_connections=8) + _history (line 557-591): "
-            "every history() runs its REPLAY on a connection of its own from redis-py's pool, which raises "
-            "ConnectionError('Too many connections') instead of waiting when the pool is empty")
-
-
-@pytest.mark.xfail(strict=True, reason=POOL_BUG + ": a burst of joins gets 'unavailable' for all but a few")
 def test_a_burst_of_joins_is_answered(redis_server: RedisServer) -> None:
     async def main() -> None:
         p = fresh_prefix("burst")
@@ -545,10 +539,6 @@ def test_a_burst_of_joins_is_answered(redis_server: RedisServer) -> None:
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=POOL_BUG + ": when the pool is empty the writer's SEQUENCE pipeline "
-                   "raises too (_writer, line 531), which ends the whole Redis session (_run, line 241-246): every "
-                   "pending submission fails 'unavailable', the bus goes unhealthy and reconnects (missing what "
-                   "others publish meanwhile)")
 def test_a_burst_of_joins_does_not_take_the_bus_down(redis_server: RedisServer) -> None:
     async def main() -> None:
         p = fresh_prefix("burst")
