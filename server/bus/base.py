@@ -127,7 +127,9 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Say goodbye to the peers, flush what can be flushed without blocking, release resources."""
+        """Say goodbye to the peers, flush what can be flushed without blocking, release resources. Every
+        ``done`` still waiting is called (``unavailable`` when the outcome can no longer be known), as are
+        those of later calls."""
 
     async def hand_over(self) -> None:  # noqa: B027  (optional: only a bus that owns streams has work here)
         """Before a rolling restart's old worker closes its clients: hand the streams it sequences to its

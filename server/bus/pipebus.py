@@ -15,6 +15,10 @@ behalf by the supervisor when it dies; a peer that is only busy (silent past ``p
 logged but never taken for gone. Records older than this worker's boot (left in the socket by a
 predecessor) are ignored; a publication among them is counted as ``stale``.
 
+Closing answers every operation still waiting with ``unavailable`` (each ``done`` is called once), then
+flushes and says BYE; the requests not sent yet (SUBMIT, HIST_REQ) are dropped rather than sent, so that a
+publication its caller was told ``unavailable`` is published nowhere (a resend is never a duplicate).
+
 Why this module is long: liveness, back-pressure, framing I/O and stats requests share one peer table and
 one flush cycle; the pure framing is apart (:mod:`.pipeframe`).
 """
@@ -45,6 +49,7 @@ log = logging.getLogger("fanwire.bus")
 
 MAX_PACKET = 60_000
 SOCKET_BUFFER = 1 << 20
+_REQUESTS = frozenset((bf.SUBMIT, bf.HIST_REQ))  # not sent once closed (see PipeBus.close)
 
 
 def make_socketpair() -> tuple[socket.socket, socket.socket]:
@@ -138,8 +143,12 @@ class PipeBus(Bus):
         self._timer = loop.call_later(self.heartbeat_s, self._tick)
 
     async def close(self) -> None:
+        """Answer what waits (``unavailable``), flush, say BYE. The requests this worker still had to send
+        (SUBMIT, HIST_REQ) are not sent: their callers were just told ``unavailable``, and a publication so
+        refused must be published nowhere (the peers that forwarded theirs through us learn it from our BYE)."""
         if self._closed:
             return
+        self.streams.close()
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -147,7 +156,7 @@ class PipeBus(Bus):
         loop = self._loop
         for peer in self.peers.values():
             if peer.pending:
-                self._send_records(peer, peer.pending)
+                self._send_records(peer, [r for r in peer.pending if r[0] not in _REQUESTS])
                 peer.pending = []
             if peer.alive:
                 self._send_records(peer, [bye])
@@ -180,6 +189,8 @@ class PipeBus(Bus):
     # --- the transport the streams layer uses ------------------------------------------------------------
 
     def send(self, endpoint: int, kind: int, body: bytes, force: bool = False) -> None:
+        if self._closed:
+            return  # nothing goes out after our BYE
         peer = self.peers.get(endpoint)
         if peer is None or not peer.alive:
             self.metrics.inc(self.metrics.bus_dropped, "peer_gone")
@@ -222,6 +233,8 @@ class PipeBus(Bus):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._closed:
+            return
         self._pending_bytes = 0
         for peer in self.peers.values():
             if peer.pending:

@@ -9,18 +9,29 @@ within the dedup window gets ``OUTCOME`` with the first offset instead. A join a
 stream's position and history (``HIST_REQ``/``HIST_REP``); since the owner's pipe to each worker is FIFO,
 every live message a worker receives after the answer comes after the answer's ``latest``.
 
+A ``SEQ`` goes to the workers the owner knows: a worker that does not know the owner yet has no receiver
+of its streams that could miss it (a join waits for the owner's answer, which comes after). The other way
+round, a new owner (at boot, or replacing a dead one) does not know who is there, while the workers
+already running have receivers of its streams: so it sequences nothing until every other slot's worker
+has answered its ``HELLO`` (normally a few milliseconds), or ``MESH_GRACE`` seconds have passed (a slot
+whose worker is dead too; if one answers later than that, its receivers may miss what was sequenced
+before: it is logged).
+
 Who owns a slot, and what happens when that changes:
 
 - At boot every worker owns its own slot and says so in its ``HELLO`` (flag ``OWNER``).
 - A worker that dies (the supervisor says ``BYE`` for it) takes its history with it. Submissions waiting
-  for its answer fail with ``unavailable`` (the publisher resends); history requests wait for the new
-  owner. Its replacement owns the slot at once with an empty table: every stream of the slot starts a new
-  epoch, so recovering clients learn ``recovered: false``: never a silent gap.
+  for its answer fail with ``unavailable`` (the publisher resends); history requests are asked again, and
+  wait for the new owner. Its replacement owns the slot at once with an empty table: every stream of the
+  slot starts a new epoch, so recovering clients learn ``recovered: false``: never a silent gap.
 - A rolling restart hands the slot over without losing anything. The new worker starts as a non-owner
   (``takeover``); when the old one is told to stop it sends ``MOVING`` to everyone; each worker holds what
   it would send to that slot and answers ``MOVING_ACK`` (FIFO: nothing of its older traffic is still on
   the way); the old owner sends its table to the successor (``HANDOFF``), then ``MOVED`` to everyone, who
   send what they held to the new owner. The successor keeps what arrives before the table until it has it.
+  If the successor dies before the table is sent, the old owner keeps the slot (``MOVED`` naming itself);
+  if the old owner dies after ``MOVING``, whoever held the slot for it stops holding, and the successor
+  owns the slot with fresh epochs, as after any death.
 
 In a cluster (``--bus redis``) the owner decides, for its slot, *where* its streams are sequenced, and says
 so to every worker of the node (``STATE``): in Redis while it reaches Redis (the worker submits there,
@@ -33,7 +44,7 @@ one source at a time, and never sees two sequencers of one stream interleaved.
 
 Operations for a slot with no known owner (between a death and the replacement's HELLO) or a held one
 wait, at most ``wait_s`` seconds and ``max_waiting`` of them per slot; beyond that they fail with
-``unavailable``.
+``unavailable``. When the bus closes, every operation still waiting fails with ``unavailable``.
 
 Why this module is long: ownership, hand-over and the cluster switch are one state machine per slot over
 one set of frames; split, each half would have to know the other's states.
@@ -64,6 +75,7 @@ MOVING_ACK_TIMEOUT: Final = 2.0
 SUCCESSOR_TIMEOUT: Final = 2.0
 STATE_ACK_TIMEOUT: Final = 2.0
 STARTUP_GRACE: Final = 5.0  # seconds a new owner waits for Redis before it sequences on its own
+MESH_GRACE: Final = 2.0  # seconds a new owner waits for the other slots' workers before it sequences
 
 LOCAL: Final = 0  # the owner sequences its streams itself (the pipe bus, or a cluster node without Redis)
 REDIS: Final = 1  # Redis sequences them (a cluster node that reaches Redis)
@@ -104,6 +116,18 @@ class _Waiting:
         self.since = time.monotonic()
 
 
+class _Asked:
+    """A history request sent to a worker, waiting for its HIST_REP."""
+
+    __slots__ = ("done", "endpoint", "since", "stream")
+
+    def __init__(self, done: ReplayDone, stream: str, since: tuple[int, str] | None, endpoint: int) -> None:
+        self.done = done
+        self.stream = stream
+        self.since = since
+        self.endpoint = endpoint
+
+
 class PipeStreams:
     """The sequencing half of the pipe bus (see the module docstring)."""
 
@@ -120,15 +144,17 @@ class PipeStreams:
         self.max_waiting = max_waiting
         self.handler: BusHandler | None = None
         self.owners: dict[int, int] = {}  # slot -> endpoint of its owner (other slots)
-        self.frozen: set[int] = set()  # slots being handed over: hold what goes to them
+        self.frozen: dict[int, int] = {}  # slot being handed over -> the endpoint that said MOVING: hold it
         self.waiting: dict[int, list[_Waiting]] = {}  # slot -> operations held
         self.early: list[tuple[int, bytes]] = []  # (kind, body) for our slot, before we own it
         self.pending: dict[int, tuple[Done, int]] = {}  # ticket -> (done, owner endpoint asked)
-        self.hist_pending: dict[int, tuple[ReplayDone, str, tuple[int, str] | None]] = {}
+        self.hist_pending: dict[int, _Asked] = {}
         self.tickets = itertools.count(1)
         self.moving_acks: set[int] | None = None  # endpoints we wait for while handing over
         self.moving_done: asyncio.Event | None = None
         self.handed_over = False
+        self.closed = False
+        self.gathering = False  # a new owner: the other slots' workers are not all known yet
         self.remote = remote
         self.mode = REDIS if remote is not None else LOCAL  # where our slot's streams are sequenced
         self.modes: dict[int, int] = {}  # the other slots' modes, as their owners said
@@ -139,6 +165,7 @@ class PipeStreams:
         self.state_acks: set[int] | None = None
         self.state_done: asyncio.Event | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.timers: list[asyncio.TimerHandle] = []
         if remote is not None:
             remote.on_health = self.remote_health
 
@@ -146,11 +173,16 @@ class PipeStreams:
 
     def owner_of(self, slot: int) -> int | None:
         """The endpoint that sequences ``slot`` (ours included), or None while it is unknown or held."""
-        if slot in self.frozen or (slot == self.slot and self.switching):
+        if slot in self.frozen or (slot == self.slot and self._ours_held()):
             return None
         if slot == self.slot and self.owning:
             return self.t.endpoint
         return self.owners.get(slot)
+
+    def _ours_held(self) -> bool:
+        """What comes for our slot waits: it is switching to Redis, or (sequenced here) we do not know every
+        worker that must get its messages yet."""
+        return self.owning and (self.switching or (self.gathering and self.mode == LOCAL))
 
     def hello_flags(self) -> int:
         return bf.OWNER if self.owning else 0
@@ -161,6 +193,21 @@ class PipeStreams:
             self._release(slot)
         if self.remote is not None and self.owning:
             self.t.send(endpoint, bf.STATE, bf.meta_body(0, [self.slot, self.mode]))  # where ours are sequenced
+        if self.gathering and self._mesh_known():
+            self._gathered()
+
+    def _mesh_known(self) -> bool:
+        live = {self.t.slot_of(ep) for ep in self.t.live_endpoints()}
+        return all(s in live for s in range(self.workers) if s != self.slot)
+
+    def _gathered(self) -> None:
+        if not self.gathering:
+            return
+        self.gathering = False
+        if not self._mesh_known():
+            log.warning("bus: worker %d sequences its streams before hearing from every other worker: one that "
+                        "answers later may miss their first messages", self.slot)
+        self._unhold()
 
     # --- where streams are sequenced (a cluster) -----------------------------------------------------------
 
@@ -170,12 +217,24 @@ class PipeStreams:
         return self.modes.get(slot, REDIS if self.remote is not None else LOCAL)
 
     def start(self) -> None:
-        """At boot in a cluster: if Redis is not reached yet, hold our slot's traffic a little while rather
-        than start sequencing here (which would give the streams new epochs once Redis is back)."""
-        if self.remote is not None and not self.remote.healthy() and self.owning:
+        """At boot, as a new owner: wait (a little) for the other workers (see the module docstring); in a
+        cluster, if Redis is not reached yet, hold our slot's traffic a little while rather than start
+        sequencing here (which would give the streams new epochs once Redis is back)."""
+        if not self.owning:
+            return
+        if self.workers > 1:
+            self.gathering = True
+            self._later(MESH_GRACE, self._gathered)
+        if self.remote is not None and not self.remote.healthy():
             self.switching = True
             self.starting = True
-            asyncio.get_running_loop().call_later(STARTUP_GRACE, self._startup_over)
+            self._later(STARTUP_GRACE, self._startup_over)
+
+    def _later(self, delay: float, callback: Callable[[], None]) -> None:
+        """``callback`` in ``delay`` seconds, unless we close first (the handles kept: those still to run)."""
+        loop = asyncio.get_running_loop()
+        self.timers = [h for h in self.timers if h.when() > loop.time() and not h.cancelled()]
+        self.timers.append(loop.call_later(delay, callback))
 
     def _startup_over(self) -> None:
         if self.starting:  # Redis is really not there: serve on our own
@@ -195,7 +254,7 @@ class PipeStreams:
 
     def remote_health(self, up: bool) -> None:
         """Our link to Redis went down or came back: move our slot's streams accordingly."""
-        if not self.owning:
+        if not self.owning or self.closed:
             return
         if self.starting:
             if up:
@@ -239,6 +298,12 @@ class PipeStreams:
 
     def _switched(self) -> None:
         self.switching = False
+        self._unhold()
+
+    def _unhold(self) -> None:
+        """Our slot is no longer held (see :meth:`_ours_held`): what waited for it goes on, in order."""
+        if self._ours_held():
+            return
         queued, self.switch_queue = self.switch_queue, []
         for op in queued:
             op()
@@ -252,11 +317,16 @@ class PipeStreams:
         for slot, ep in list(self.owners.items()):
             if ep == endpoint:
                 del self.owners[slot]
+        unfrozen = [slot for slot, ep in self.frozen.items() if ep == endpoint]  # its hand-over will not end
+        for slot in unfrozen:
+            del self.frozen[slot]
         for ticket, (done, ep) in list(self.pending.items()):
             if ep == endpoint:
                 del self.pending[ticket]
                 self.t.metrics.inc(self.t.metrics.dropped, "sequencer_gone")
                 done(Outcome(error="unavailable"))
+        unanswered = [a for a in self.hist_pending.values() if a.endpoint == endpoint]
+        self.hist_pending = {t: a for t, a in self.hist_pending.items() if a.endpoint != endpoint}
         if self.moving_acks is not None:
             self.moving_acks.discard(endpoint)
             if not self.moving_acks and self.moving_done is not None:
@@ -271,12 +341,19 @@ class PipeStreams:
             log.warning("bus: worker %d's predecessor is gone without a hand-over: its streams start new epochs",
                         self.slot)
             self._become_owner()
+        for asked in unanswered:  # a position is asked again (of the new owner, once there is one)
+            self.history(asked.stream, asked.since, asked.done)
+        for slot in unfrozen:
+            self._release(slot)
 
     # --- submitting ----------------------------------------------------------------------------------------
 
     def submit(self, sub: Submission, done: Done) -> None:
+        if self.closed:
+            done(Outcome(error="unavailable"))
+            return
         slot = owner_slot(sub.stream, self.workers)
-        if slot == self.slot and self.owning and self.switching:
+        if slot == self.slot and self._ours_held():
             self.switch_queue.append(lambda: self.submit(sub, done))
             return
         owner = self.owner_of(slot)
@@ -285,7 +362,7 @@ class PipeStreams:
             return
 
         def go(ep: int | None) -> None:
-            if ep is None:
+            if ep is None or self.closed:
                 done(Outcome(error="unavailable"))
             elif ep == self.t.endpoint:
                 self._sequence(sub.stream, sub.room, sub.payload, sub.ts_ms, sub.identity, sub.msg_id, None, 0,
@@ -338,19 +415,22 @@ class PipeStreams:
     # --- history ---------------------------------------------------------------------------------------------
 
     def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        if self.closed:
+            done("unavailable")
+            return
         slot = owner_slot(stream, self.workers)
-        if self.remote is not None and self.mode_of(slot) == REDIS and not (slot == self.slot and self.switching):
+        if self.remote is not None and self.mode_of(slot) == REDIS and not (slot == self.slot and self._ours_held()):
             self.remote.history(stream, since, done)  # our own subscription stitches with the replay
             return
 
         def go(ep: int | None) -> None:
-            if ep is None:
+            if ep is None or self.closed:
                 done("unavailable")
             elif ep == self.t.endpoint:
                 done(self._replay(stream, since))
             else:
                 ticket = next(self.tickets) & 0xFFFFFFFF
-                self.hist_pending[ticket] = (done, stream, since)
+                self.hist_pending[ticket] = _Asked(done, stream, since, ep)
                 meta = [stream, since[0] if since else None, since[1] if since else None, self.t.endpoint]
                 self.t.send(ep, bf.HIST_REQ, bf.meta_body(ticket, meta))
 
@@ -387,12 +467,12 @@ class PipeStreams:
                 waiting[0](Outcome(offset, epoch, duplicate, error))
         elif kind == bf.HIST_REP:
             ticket, (error, epoch, latest, recovered, messages), _ = bf.parse_meta(body)
-            hist = self.hist_pending.pop(ticket, None)
-            if hist is not None:
-                hist[0](error if error else Replay(epoch, latest, list(messages), recovered))
+            asked = self.hist_pending.pop(ticket, None)
+            if asked is not None:
+                asked.done(error if error else Replay(epoch, latest, list(messages), recovered))
         elif kind == bf.MOVING:
             _, (slot,), _ = bf.parse_meta(body)
-            self.frozen.add(slot)
+            self.frozen[slot] = src
             self.t.send(src, bf.MOVING_ACK, bf.meta_body(0, [slot]))
         elif kind == bf.MOVING_ACK:
             if self.moving_acks is not None:
@@ -417,7 +497,7 @@ class PipeStreams:
                     self.state_done.set()
         elif kind == bf.MOVED:
             _, (slot, endpoint), _ = bf.parse_meta(body)
-            self.frozen.discard(slot)
+            self.frozen.pop(slot, None)
             if slot != self.slot:
                 self.owners[slot] = endpoint
             self._release(slot)
@@ -425,12 +505,15 @@ class PipeStreams:
     def _for_owner(self, kind: int, body: bytes) -> None:
         """A SUBMIT or HIST_REQ: ours to answer, to keep until we own our slot, or to pass on."""
         ticket, meta, rest = bf.parse_meta(body)
+        if self.closed:
+            self._refuse(kind, ticket, meta[-1])
+            return
         stream = meta[0]
         slot = owner_slot(stream, self.workers)
         if slot == self.slot and not self.owning and not self.handed_over:
             self.early.append((kind, body))  # a hand-over in progress: we answer once we have the table
             return
-        if slot == self.slot and self.owning and self.switching:
+        if slot == self.slot and self._ours_held():
             self.switch_queue.append(lambda: self._for_owner(kind, body))
             return
         if slot == self.slot and self.owning:
@@ -453,12 +536,8 @@ class PipeStreams:
         owner = self.owner_of(slot)  # not ours (any more): pass it on, the origin stays in the meta
 
         def forward(ep: int | None) -> None:
-            if ep is None:
-                origin = meta[-1]
-                if kind == bf.SUBMIT:
-                    self.t.send(origin, bf.OUTCOME, bf.meta_body(ticket, [0, "", False, "unavailable"]))
-                else:
-                    self.t.send(origin, bf.HIST_REP, bf.meta_body(ticket, ["unavailable", "", 0, None, []]))
+            if ep is None or self.closed:
+                self._refuse(kind, ticket, meta[-1])
             elif ep == self.t.endpoint:
                 self._for_owner(kind, body)
             else:
@@ -468,6 +547,13 @@ class PipeStreams:
             self._hold(slot, forward)
         else:
             forward(owner)
+
+    def _refuse(self, kind: int, ticket: int, origin: int) -> None:
+        """Answer a SUBMIT or HIST_REQ of ``origin`` with ``unavailable``."""
+        if kind == bf.SUBMIT:
+            self.t.send(origin, bf.OUTCOME, bf.meta_body(ticket, [0, "", False, "unavailable"]))
+        else:
+            self.t.send(origin, bf.HIST_REP, bf.meta_body(ticket, ["unavailable", "", 0, None, []]))
 
     # --- held operations ------------------------------------------------------------------------------------
 
@@ -495,11 +581,41 @@ class PipeStreams:
             if not held:
                 del self.waiting[slot]
 
+    def close(self) -> None:
+        """The bus closes: every operation still waiting is answered now, ``unavailable`` (its outcome can no
+        longer be known here), so that each ``done`` is called once; the peers whose requests we hold get
+        that answer too (the bus sends it before its BYE)."""
+        if self.closed:
+            return
+        self.closed = True
+        for task in self.tasks:
+            task.cancel()
+        for handle in self.timers:
+            handle.cancel()
+        pending, self.pending = self.pending, {}
+        for done, _ in pending.values():
+            done(Outcome(error="unavailable"))
+        asked, self.hist_pending = self.hist_pending, {}
+        for a in asked.values():
+            a.done("unavailable")
+        queued, self.switch_queue = self.switch_queue, []
+        for op in queued:
+            op()  # closed: each answers 'unavailable'
+        held, self.waiting = self.waiting, {}
+        for ops in held.values():
+            for w in ops:
+                w.op(None)
+        early, self.early = self.early, []
+        for kind, body in early:
+            ticket, meta, _ = bf.parse_meta(body)
+            self._refuse(kind, ticket, meta[-1])
+
     # --- our own slot -------------------------------------------------------------------------------------------
 
     def _become_owner(self) -> None:
         self.owning = True
         self.takeover = False
+        self.frozen.pop(self.slot, None)  # a MOVING of our predecessor's: it will never say MOVED now
         if self.remote is not None:
             self.mode = REDIS if self.remote.healthy() else LOCAL
             self._announce()
@@ -512,7 +628,7 @@ class PipeStreams:
 
     async def hand_over(self) -> None:
         """A rolling restart retires us: hand our slot's streams to our successor (see the docstring)."""
-        if not self.owning:
+        if not self.owning or self.closed:
             return
         deadline = time.monotonic() + SUCCESSOR_TIMEOUT
         successor = self._successor()
@@ -522,23 +638,34 @@ class PipeStreams:
         if successor is None:
             log.warning("bus: no successor for worker %d's streams; they will start new epochs", self.slot)
             return
-        self.frozen.add(self.slot)  # our own clients' publications to our slot wait too
+        self.frozen[self.slot] = self.t.endpoint  # our own clients' publications to our slot wait too
         self.moving_acks = set(self.t.live_endpoints())
         self.moving_done = asyncio.Event()
         for ep in list(self.moving_acks):
             self.t.send(ep, bf.MOVING, bf.meta_body(0, [self.slot]))
         if self.moving_acks:
             try:
-                await asyncio.wait_for(self.moving_done.wait(), MOVING_ACK_TIMEOUT)
+                async with asyncio.timeout(MOVING_ACK_TIMEOUT):
+                    await self.moving_done.wait()
             except TimeoutError:
                 log.warning("bus: %d workers did not answer the hand-over of worker %d's streams in time",
                             len(self.moving_acks), self.slot)
+        self.moving_acks = None
+        if successor not in self.t.live_endpoints():
+            # it died meanwhile: we keep the slot (everyone holding it sends to us again), and retire
+            # without a hand-over (its streams start new epochs with whoever owns the slot next)
+            log.warning("bus: worker %d's successor is gone; it keeps its streams", self.slot)
+            self.frozen.pop(self.slot, None)
+            for ep in self.t.live_endpoints():
+                self.t.send(ep, bf.MOVED, bf.meta_body(0, [self.slot, self.t.endpoint]))
+            self._release(self.slot)
+            return
         self.owning = False
         self.handed_over = True
         chunks = _chunks(self.table.export())
         for i, part in enumerate(chunks):
             self.t.send(successor, bf.HANDOFF, bf.meta_body(0, [self.slot, part, i == len(chunks) - 1]), force=True)
-        self.frozen.discard(self.slot)
+        self.frozen.pop(self.slot, None)
         self.owners[self.slot] = successor
         for ep in self.t.live_endpoints():
             self.t.send(ep, bf.MOVED, bf.meta_body(0, [self.slot, successor]))

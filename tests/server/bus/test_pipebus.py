@@ -34,12 +34,12 @@ from .conformance import (
     arrived,
     assert_join_exact,
     assert_one_stream,
-    check_close_settles_submissions,
     decode,
     history,
     offsets,
     rec,
     replay,
+    sentinel,
     start_join,
     submit,
     wait_for,
@@ -131,19 +131,8 @@ async def pipe_buses(n: int) -> AsyncIterator[list[Bus]]:
         await group.aclose()
 
 
-CLOSE_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/bus/pipebus.py PipeBus.close (line 140-160) never calls the done of submissions still waiting "
-    "for their owner's SEQ/OUTCOME (PipeStreams.pending) or held for a slot (PipeStreams.waiting): base.Bus.submit "
-    "promises done once, with an error when the outcome cannot be known (RedisBus.close does fail them)"))
-
-
-def _pipe_check(check: Check) -> Any:
-    return pytest.param(check, id=check.__name__,
-                        marks=[CLOSE_BUG] if check is check_close_settles_submissions else [])
-
-
 @pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("check", [_pipe_check(c) for c in CHECKS])
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
 def test_pipebus_conformance(check: Check, loop: str) -> None:
     run(check(pipe_buses), loop)
 
@@ -449,10 +438,6 @@ def test_owner_death_fails_pending_and_replacement_starts_new_epochs(loop: str) 
     run(main(), loop, 20)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: server/bus/pipestreams.py PipeStreams._sequence (line 333-334) sends "
-                   "SEQ only to the peers this worker already knows alive: a replacement owner sequences the "
-                   "submissions released to it by the first peer that answers its HELLO before it has heard from "
-                   "the others, which silently miss those offsets of the new epoch")
 @pytest.mark.parametrize("loop", LOOPS)
 def test_replacement_delivers_released_submissions_to_every_worker(loop: str) -> None:
     """Two workers each hold a submission for a dead owner's slot; its replacement comes: both messages
@@ -486,9 +471,6 @@ def test_replacement_delivers_released_submissions_to_every_worker(loop: str) ->
     run(main(), loop, 15)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: server/bus/pipestreams.py PipeStreams.peer_gone (line 251-273) fails "
-                   "the pending submissions of a dead owner but not its pending history requests "
-                   "(hist_pending): a join whose HIST_REQ the owner never answered waits forever")
 @pytest.mark.parametrize("loop", ["asyncio"])
 def test_owner_death_answers_pending_history_requests(loop: str) -> None:
     """A join asks the owner for a stream's position; the owner dies before answering. The join must get an
@@ -818,12 +800,6 @@ def test_old_owner_killed_mid_hand_over_successor_owns_with_new_epochs(loop: str
     run(main(), loop, 15)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/bus/pipestreams.py: when the retiring owner dies after MOVING, PipeStreams.peer_gone "
-    "(line 269-273) makes the successor owner, but the successor's own 'frozen' set keeps the slot (added by "
-    "MOVING, line 395; only MOVED clears it, line 420, and no MOVED will come): owner_of() (line 149) returns "
-    "None for its own slot forever, so its own clients' submissions and joins of the slot's streams are held, "
-    "then fail 'unavailable', for good"))
 @pytest.mark.parametrize("loop", ["asyncio"])
 def test_old_owner_killed_mid_hand_over_successor_serves_its_own_clients(loop: str) -> None:
     async def main() -> None:
@@ -842,12 +818,6 @@ def test_old_owner_killed_mid_hand_over_successor_serves_its_own_clients(loop: s
     run(main(), loop, 15)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/bus/pipestreams.py PipeStreams.hand_over (line 513-547): a successor that dies while the old "
-    "owner waits for the MOVING_ACKs is still sent HANDOFF and named in MOVED (peer_gone only drops it from "
-    "moving_acks, line 260-263): the slot is given to a dead endpoint; every submission to its streams is then "
-    "sent there, dropped by PipeBus.send (not alive), and its done is never called (PipeStreams.submit.go, "
-    "line 294-297, keeps it pending forever)"))
 @pytest.mark.parametrize("loop", ["asyncio"])
 def test_successor_killed_mid_hand_over_slot_still_served(loop: str) -> None:
     """The new worker of a rolling restart dies while the old one hands its slot over: submissions to the
@@ -872,6 +842,43 @@ def test_successor_killed_mid_hand_over_slot_still_served(loop: str) -> None:
             out = Outcomes()
             keys = [submit(b, out, stream, b.endpoint, 0) for b in (b0, old, b2)]
             await settle(g.live(), out, keys, 1.5)
+        finally:
+            await g.aclose()
+
+    run(main(), loop, 15)
+
+
+@pytest.mark.parametrize("loop", ["asyncio"])
+def test_close_publishes_nothing_it_refused(loop: str) -> None:
+    """A worker closes right after its clients submitted: what it answers ``unavailable`` (submissions waiting
+    for another worker's sequencing) is published nowhere, so a resend is never a duplicate; what it
+    sequenced itself (its own slot's streams) is published, and acknowledged."""
+
+    async def main() -> None:
+        g = PipeGroup(3)
+        try:
+            for ep in range(3):
+                await g.add(ep, ep)
+            b0, closing, b2 = g.all
+            await see_each_other(g.all)
+            streams = [stream_of(slot, 3, "q")[0] for slot in range(3)]
+            out = Outcomes()
+            keys = [submit(closing, out, s, 1, n) for n in range(3) for s in streams]
+            await closing.close()
+            await out.wait(keys, 1.5)
+            for s in streams:
+                if owner_slot(s, 3) != 1:  # (the closed worker's own slot has no owner now)
+                    await sentinel([b0, b2], s, Outcomes())
+            for k in keys:
+                if out.got[k].error is None:
+                    await arrived([b0, b2], k[0], 1, k[2])
+                s, _, n = k
+                published = [b for b in (b0, b2) if rec(b).has(s, 1, n)]
+                if out.got[k].error is None:
+                    assert owner_slot(s, 3) == 1 and len(published) == 2, k
+                else:
+                    assert out.got[k].error == "unavailable" and not published, k
+            assert any(out.got[k].error for k in keys)
         finally:
             await g.aclose()
 
