@@ -4,11 +4,15 @@ the node's workers in touch, and each stream's owner worker decides where its st
 A submission goes to the stream's owner worker over the pipe bus (:mod:`.pipestreams`): while the owner
 reaches Redis it runs Redis's sequencing script (every worker of every node then gets the message from
 its own Redis subscription); while it does not, the owner sequences the stream itself, with epochs of its
-own, and the node keeps serving its clients (cross-node traffic is lost meanwhile, and counted). When
-Redis is back, the streams sequenced locally get new epochs in Redis, so a client that recovers from a
-position taken before or during the outage learns ``recovered: false`` instead of missing messages
-silently. Each worker takes a stream's messages from one source at a time (the owner's switch is
-acknowledged by every worker of the node first), so two sequencers are never interleaved.
+own, and the node keeps serving its clients (the node drops what Redis brings of the slot meanwhile,
+counted). When Redis is back, the streams sequenced locally get new epochs in Redis first, so a client that
+recovers from a position taken before or during the outage learns ``recovered: false`` instead of missing
+messages silently (what other nodes published to them during the outage is lost to this node, and the reset
+tells their clients too); the slot's other streams go on in their epochs, and what the node dropped of them
+is mended from Redis's history before their next message (:mod:`.mend`). The same mending covers a
+worker whose own Redis connection dropped and came back while Redis stayed up. Each worker takes a
+stream's messages from one source at a time (the owner's switch is acknowledged by every worker of the
+node), so two sequencers are never interleaved.
 
 Every worker keeps its own Redis subscription (rather than one worker relaying for its node): see
 docs/cluster.md for the measurements behind that choice.
@@ -129,7 +133,8 @@ def cluster_bus(settings: BusSettings, socks: dict[int, socket.socket], metrics:
     max_payload = max(16 << 20, 8 * settings.max_message_size)
     remote = RedisBus(settings.redis_url, settings.node, settings.worker_id, metrics, max_payload=max_payload,
                       max_envelope=max_payload * 4, always=(DEFAULT_ROOM,), history_size=settings.history_size,
-                      history_ttl=settings.history_ttl, dedup_window=settings.dedup_window)
+                      history_ttl=settings.history_ttl, dedup_window=settings.dedup_window,
+                      mend=False)  # the pipe streams layer mends what Redis brings, after its own filter
     table = StreamTable(settings.history_size, settings.history_ttl, settings.history_max_bytes,
                         settings.dedup_window)
     local = PipeBus(settings.endpoint, settings.worker_id, socks, metrics, max_queue=settings.max_queue,

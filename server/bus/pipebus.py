@@ -171,6 +171,9 @@ class PipeBus(Bus):
     def peer_count(self) -> int:
         return sum(1 for p in self.peers.values() if p.alive)
 
+    def room_members(self, room: str, count: int) -> None:
+        self.streams.follow(room, count > 0)  # (a cluster: what Redis brings of it is mended while followed)
+
     # --- sending ------------------------------------------------------------------------------------
 
     def submit(self, sub: Submission, done: Done) -> None:

@@ -37,10 +37,13 @@ In a cluster (``--bus redis``) the owner decides, for its slot, *where* its stre
 so to every worker of the node (``STATE``): in Redis while it reaches Redis (the worker submits there,
 and every worker takes the stream's messages from its own Redis subscription), or here, by the owner,
 while it does not (fresh epochs; the Redis messages of the slot are then dropped on every worker of the
-node: cross-node traffic is lost during the outage, and counted). Switching back waits until every worker
-acknowledged the switch (``STATE_ACK``), then gives the streams sequenced here new epochs in Redis
-(clients recovering across the outage learn ``recovered: false``). Each worker thus takes each stream from
-one source at a time, and never sees two sequencers of one stream interleaved.
+node, and counted). Switching back first gives the streams sequenced here new epochs in Redis (clients
+recovering across the outage learn ``recovered: false``; while it runs, what comes for the slot waits, and
+the joins asked of the owner are sent back to be asked of Redis once it is done: ``retry``), then waits
+until every worker acknowledged the switch (``STATE_ACK``). Each worker thus takes each stream from one
+source at a time, and never sees two sequencers of one stream interleaved. What a worker dropped (or, its
+own link down, never got) of a stream that stays in Redis is mended from Redis's history before the
+stream's next message is delivered (:mod:`.mend`): no silent hole.
 
 Operations for a slot with no known owner (between a death and the replacement's HELLO) or a held one
 wait, at most ``wait_s`` seconds and ``max_waiting`` of them per slot; beyond that they fail with
@@ -65,6 +68,7 @@ from ..streams.owner import owner_slot
 from ..streams.table import BadSince, Replay, StreamTable
 from . import pipeframe as bf
 from .base import BusHandler, Done, Outcome, Publication, ReplayDone, Submission
+from .mend import Mender
 
 log = logging.getLogger("fanwire.bus")
 
@@ -76,6 +80,8 @@ SUCCESSOR_TIMEOUT: Final = 2.0
 STATE_ACK_TIMEOUT: Final = 2.0
 STARTUP_GRACE: Final = 5.0  # seconds a new owner waits for Redis before it sequences on its own
 MESH_GRACE: Final = 2.0  # seconds a new owner waits for the other slots' workers before it sequences
+RESET_RETRY_S: Final = 1.0  # after a failed switch back to Redis, when to try again
+RETRY: Final = "retry"  # HIST_REP error: the slot moved to Redis meanwhile, ask there (never a client's code)
 
 LOCAL: Final = 0  # the owner sequences its streams itself (the pipe bus, or a cluster node without Redis)
 REDIS: Final = 1  # Redis sequences them (a cluster node that reaches Redis)
@@ -92,7 +98,8 @@ class Remote(Protocol):
 
     def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None: ...
 
-    async def reset_epochs(self, streams: Iterable[str]) -> None: ...
+    async def reset_epochs(self, streams: Iterable[str]) -> None:
+        """New epochs for ``streams``; raises OSError when that could not be done."""
 
 
 class Transport(Protocol):
@@ -119,13 +126,15 @@ class _Waiting:
 class _Asked:
     """A history request sent to a worker, waiting for its HIST_REP."""
 
-    __slots__ = ("done", "endpoint", "since", "stream")
+    __slots__ = ("done", "endpoint", "retried", "since", "stream")
 
-    def __init__(self, done: ReplayDone, stream: str, since: tuple[int, str] | None, endpoint: int) -> None:
+    def __init__(self, done: ReplayDone, stream: str, since: tuple[int, str] | None, endpoint: int,
+                 retried: bool) -> None:
         self.done = done
         self.stream = stream
         self.since = since
         self.endpoint = endpoint
+        self.retried = retried  # asked again after a RETRY already: a second one is 'unavailable'
 
 
 class PipeStreams:
@@ -166,8 +175,10 @@ class PipeStreams:
         self.state_done: asyncio.Event | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.timers: list[asyncio.TimerHandle] = []
+        self.mender: Mender | None = None  # a cluster: what Redis brings, its holes mended
         if remote is not None:
             remote.on_health = self.remote_health
+            self.mender = Mender(self._deliver, remote.history, transport.metrics)
 
     # --- who owns what ---------------------------------------------------------------------------------
 
@@ -249,6 +260,15 @@ class PipeStreams:
         if self.mode_of(slot) != REDIS:
             self.t.metrics.inc(self.t.metrics.dropped, "redis_while_local")  # its owner is on its own
             return
+        assert self.mender is not None  # (a remote, hence a mender)
+        self.mender.on_publication(pub)
+
+    def follow(self, room: str, on: bool) -> None:
+        """``room`` has members on this worker (``on``), or none any more: its holes are mended meanwhile."""
+        if self.mender is not None:
+            self.mender.follow(room, on)
+
+    def _deliver(self, pub: Publication) -> None:
         if self.handler is not None:
             self.handler.on_publication(pub)
 
@@ -273,28 +293,47 @@ class PipeStreams:
             task.add_done_callback(self.tasks.discard)
 
     async def _back_to_redis(self) -> None:
+        """Redis is back: new epochs there for the streams sequenced here first (a worker told REDIS answers
+        joins from Redis at once, and must never find a pre-outage epoch there), then the switch, acknowledged
+        by every worker of the node; only then are our slot's submissions sent to Redis."""
         assert self.remote is not None
         self.switching = True
         try:
+            streams = sorted(self.local_streams)
+            if streams:
+                try:
+                    await self.remote.reset_epochs(streams)
+                except OSError as exc:
+                    log.warning("bus: worker %d could not give its %d locally sequenced streams new epochs in "
+                                "Redis (%s); it goes on sequencing them itself", self.slot, len(streams), exc)
+                    self._later(RESET_RETRY_S, self._retry_back)
+                    return
+                self.local_streams.difference_update(streams)
+                log.warning("bus: %d streams were sequenced here during the Redis outage: new epochs for them",
+                            len(streams))
             self.state_acks = set(self.t.live_endpoints())
             self.state_done = asyncio.Event()
             for ep in list(self.state_acks):
                 self.t.send(ep, bf.STATE, bf.meta_body(0, [self.slot, REDIS]))
             if self.state_acks:
                 try:
-                    await asyncio.wait_for(self.state_done.wait(), STATE_ACK_TIMEOUT)
+                    async with asyncio.timeout(STATE_ACK_TIMEOUT):
+                        await self.state_done.wait()
                 except TimeoutError:
                     log.warning("bus: %d workers did not acknowledge worker %d's switch back to Redis",
                                 len(self.state_acks), self.slot)
-            streams, self.local_streams = sorted(self.local_streams), set()
-            if streams:
-                await self.remote.reset_epochs(streams)
-                log.warning("bus: %d streams were sequenced here during the Redis outage: new epochs for them",
-                            len(streams))
-            self.mode = REDIS
+            if self.remote.healthy():
+                self.mode = REDIS
+            else:  # gone again meanwhile: on our own again, with fresh epochs
+                self.table.clear()
+                self._announce()
         finally:
             self.state_acks = None
             self._switched()
+
+    def _retry_back(self) -> None:
+        if self.remote is not None and self.remote.healthy():
+            self.remote_health(True)
 
     def _switched(self) -> None:
         self.switching = False
@@ -342,7 +381,7 @@ class PipeStreams:
                         self.slot)
             self._become_owner()
         for asked in unanswered:  # a position is asked again (of the new owner, once there is one)
-            self.history(asked.stream, asked.since, asked.done)
+            self._history(asked.stream, asked.since, asked.done, asked.retried)
         for slot in unfrozen:
             self._release(slot)
 
@@ -415,22 +454,27 @@ class PipeStreams:
     # --- history ---------------------------------------------------------------------------------------------
 
     def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        self._history(stream, since, done, False)
+
+    def _history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone, retried: bool) -> None:
         if self.closed:
             done("unavailable")
             return
         slot = owner_slot(stream, self.workers)
-        if self.remote is not None and self.mode_of(slot) == REDIS and not (slot == self.slot and self._ours_held()):
-            self.remote.history(stream, since, done)  # our own subscription stitches with the replay
+        if self._from_redis(slot):
+            self._remote_history(stream, since, done)  # our own subscription stitches with the replay
             return
 
         def go(ep: int | None) -> None:
             if ep is None or self.closed:
                 done("unavailable")
+            elif self._from_redis(slot):  # the slot moved to Redis while this waited
+                self._remote_history(stream, since, done)
             elif ep == self.t.endpoint:
                 done(self._replay(stream, since))
             else:
                 ticket = next(self.tickets) & 0xFFFFFFFF
-                self.hist_pending[ticket] = _Asked(done, stream, since, ep)
+                self.hist_pending[ticket] = _Asked(done, stream, since, ep, retried)
                 meta = [stream, since[0] if since else None, since[1] if since else None, self.t.endpoint]
                 self.t.send(ep, bf.HIST_REQ, bf.meta_body(ticket, meta))
 
@@ -439,6 +483,23 @@ class PipeStreams:
             self._hold(slot, go)
         else:
             go(owner)
+
+    def _from_redis(self, slot: int) -> bool:
+        """A join of this slot's streams is answered by Redis (and our own Redis subscription)."""
+        return self.remote is not None and self.mode_of(slot) == REDIS and not (slot == self.slot
+                                                                                and self._ours_held())
+
+    def _remote_history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        """Redis answers; if the stream's hole is being mended meanwhile, the answer waits for it, so that
+        every live message the joiner gets after it still comes after its ``latest``."""
+        assert self.remote is not None and self.mender is not None
+        mender = self.mender
+        room = None if stream == BROADCAST else stream
+
+        def answered(result: Replay | str) -> None:
+            mender.after(room, lambda: done(result))
+
+        self.remote.history(stream, since, answered)
 
     def _replay(self, stream: str, since: tuple[int, str] | None) -> Replay | str:
         try:
@@ -468,8 +529,11 @@ class PipeStreams:
         elif kind == bf.HIST_REP:
             ticket, (error, epoch, latest, recovered, messages), _ = bf.parse_meta(body)
             asked = self.hist_pending.pop(ticket, None)
-            if asked is not None:
-                asked.done(error if error else Replay(epoch, latest, list(messages), recovered))
+            if asked is not None and error == RETRY and not asked.retried:
+                self._history(asked.stream, asked.since, asked.done, True)  # (FIFO: its STATE came first)
+            elif asked is not None:
+                asked.done(Replay(epoch, latest, list(messages), recovered) if not error
+                           else "unavailable" if error == RETRY else error)
         elif kind == bf.MOVING:
             _, (slot,), _ = bf.parse_meta(body)
             self.frozen[slot] = src
@@ -518,8 +582,8 @@ class PipeStreams:
             return
         if slot == self.slot and self.owning:
             if kind == bf.HIST_REQ and self.remote is not None and self.mode == REDIS:
-                # asked while we moved to Redis: the asker takes it from Redis when it asks again
-                self.t.send(meta[-1], bf.HIST_REP, bf.meta_body(ticket, ["unavailable", "", 0, None, []]))
+                # asked while we moved to Redis: the asker (told REDIS before this answer) asks Redis itself
+                self.t.send(meta[-1], bf.HIST_REP, bf.meta_body(ticket, [RETRY, "", 0, None, []]))
                 return
             if kind == bf.SUBMIT:
                 _, room, ts_ms, identity, msg_id, origin = meta

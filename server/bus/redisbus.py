@@ -24,15 +24,22 @@ replay's ``latest`` reaches this worker). At most ``_MAX_REPLAYS`` replays run a
 other connections to the writer and the upkeep. Malformed, oversized or unstamped payloads are dropped and
 counted (``redis_bad_frame``, ``redis_oversized``, ``redis_bad_payload``).
 
+No silent hole: what the subscriber brings goes through a :class:`.mend.Mender`, so that what this worker
+missed of a stream it follows (its connection dropped and came back while Redis stayed up, and the others
+published meanwhile) is replayed from the stream's history before the stream's next message; what the
+history no longer has shows as a jump in offsets (``bus_dropped{reason="unmended"}``). In a cluster the pipe
+streams layer mends instead, after its own filter (``mend=False``).
+
 Presence and stats: every ``stats_interval`` the worker writes its stats snapshot with a TTL and refreshes
 its entry in a sorted set scored by expiry time, so a dead node disappears within ``ttl``; its members per
 room live in a hash with the same TTL (read by the other nodes' ``get_stats``).
 
 Faults: any Redis error tears both connections down; the bus reports unhealthy (the worker says
 ``"bus": "degraded"``), and reconnects with capped exponential backoff and full jitter (the project's one
-generator, :mod:`server.backoff`), resubscribing on success; ``on_reconnect`` is then called (the node bus
-resets the epochs of the streams it sequenced locally meanwhile). Closing fails what is still pending and
-waits (bounded) for the joins in flight to be answered.
+generator, :mod:`server.backoff`), resubscribing on success; ``on_health`` is then called (the node bus
+resets the epochs of the streams it sequenced locally meanwhile: :meth:`reset_epochs`, which raises when it
+could not, so that the caller never goes on as if it had). Closing fails what is still pending and waits
+(bounded) for the joins in flight to be answered.
 
 Why this module is long: one connection session (subscriber, writer, interest, presence, room counts)
 and its reconnect loop share the session's state; the pure framing and names are in :mod:`.redisframe`,
@@ -61,6 +68,7 @@ from ..streams.table import Replay
 from . import redisframe as rf
 from . import redisscripts
 from .base import Bus, BusHandler, Done, Outcome, Publication, ReplayDone, Submission
+from .mend import Mender
 
 log = logging.getLogger("fanwire.bus.redis")
 
@@ -69,7 +77,7 @@ _YIELD_EVERY = 64  # received messages between yields to the event loop, for fai
 _MAX_BATCH = 512  # submissions per pipeline
 _MAX_HEADER_CACHE = 4096
 _POOL_SIZE = 16  # command connections per worker (the subscriber takes one more of them)
-_MAX_REPLAYS = 4  # joins' REPLAY scripts at once; more wait their turn
+_MAX_REPLAYS = 4  # REPLAY scripts at once (joins, mendings); more wait their turn
 _MAX_STATS = 2  # stats readings at once
 HIGH_WATER = 4 << 20  # bytes waiting for Redis above which publishers are held (back-pressure)
 LOW_WATER = 1 << 20
@@ -123,7 +131,7 @@ class RedisBus(Bus):
                  max_envelope: int = 64 << 20, max_queue: int = 16 << 20, connect_timeout: float = 2.0,
                  command_timeout: float = 2.0, backoff_base: float = 0.1, backoff_cap: float = 2.0,
                  always: tuple[str, ...] = (), history_size: int = 256, history_ttl: float = 300.0,
-                 dedup_window: float = 60.0) -> None:
+                 dedup_window: float = 60.0, mend: bool = True) -> None:
         check_url(url)
         self.url = url
         self.node = node
@@ -150,6 +158,7 @@ class RedisBus(Bus):
         self._headers: dict[str, tuple[bytes, bytes]] = {}  # stream -> (channel, envelope header)
         self._handler: BusHandler | None = None
         self._up = False
+        self._live = False  # a session reached Redis and is not over (it may not be up yet: subscribing...)
         self._closed = False
         self.on_health: Callable[[bool], None] | None = None  # told when the link comes up or goes down
         # rooms subscribed for the life of the bus: the default room every new connection lands in, so
@@ -185,6 +194,10 @@ class RedisBus(Bus):
         self._replay_slots: asyncio.Semaphore | None = None  # bounds concurrent REPLAYs (pool connections)
         self._stats_ok = True  # the last reading of the other nodes' stats succeeded
         self._tasks: set[asyncio.Task[None]] = set()  # histories and control publications on their way
+        # what the subscription brings, its holes mended (see .mend); off when the caller mends it itself
+        self._mender = Mender(self._deliver, self._mend_history, metrics) if mend else None
+        for room in self._always:
+            self._follow(room, True)
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -302,6 +315,7 @@ class RedisBus(Bus):
         client = self._client = aredis.Redis.from_pool(pool)  # (closing the client closes its pool)
         async with asyncio.timeout(self.command_timeout):
             await client.ping()
+        self._live = True
         self._scripts = {name: client.register_script(getattr(redisscripts, name))
                          for name in ("SEQUENCE", "REPLAY", "RESET")}
         pubsub = self._pubsub = client.pubsub()
@@ -361,6 +375,7 @@ class RedisBus(Bus):
     async def _teardown(self) -> None:
         pubsub, client = self._pubsub, self._client
         self._pubsub = self._client = None
+        self._live = False
         self._members = []
         self._scripts = {}  # bound to this session's client: a later call must not revive its pool
         self._confirmed.clear()
@@ -430,8 +445,19 @@ class RedisBus(Bus):
         if handler is None:
             return
         m.redis_messages_in += 1
-        origin = f"{node.decode(errors='replace')}/{worker}"
-        handler.on_publication(Publication(room, payload, 0, origin))
+        pub = Publication(room, payload, 0, f"{node.decode(errors='replace')}/{worker}")
+        if self._mender is not None:
+            self._mender.on_publication(pub)
+        else:
+            handler.on_publication(pub)
+
+    def _deliver(self, pub: Publication) -> None:
+        if self._handler is not None:
+            self._handler.on_publication(pub)
+
+    def _follow(self, room: str, on: bool) -> None:
+        if self._mender is not None:
+            self._mender.follow(room, on)
 
     def _on_control(self, env: bytes) -> None:
         try:
@@ -575,22 +601,37 @@ class RedisBus(Bus):
     # --- history -------------------------------------------------------------------------------------------
 
     def history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
-        if not self._up:
+        if not self._live or self._closed:  # (while a session comes up, not only once up: a cluster's mender
+            done("unavailable")  # asks as the first messages of a resubscribed channel arrive)
+            return
+        mender = self._mender
+        if mender is not None:  # a hole of the stream being mended: the answer waits for it (see .mend)
+            room, answer = None if stream == BROADCAST else stream, done
+
+            def done(result: Replay | str) -> None:
+                mender.after(room, lambda: answer(result))
+
+        self._spawn(self._history(stream, since, done))
+
+    def _mend_history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
+        """The mender's history: of a stream already subscribed, asked even while a session comes up (a hole
+        shows right after a reconnect, as the first messages arrive)."""
+        if self._closed:
             done("unavailable")
             return
-        self._spawn(self._history(stream, since, done))
+        self._spawn(self._history(stream, since, done, join=False))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)  # (a reference, until it ends)
         task.add_done_callback(self._tasks.discard)
 
-    async def _history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone) -> None:
-        """Subscribe (the join keeps the room's channel wanted meanwhile), wait for Redis to confirm, run REPLAY
+    async def _history(self, stream: str, since: tuple[int, str] | None, done: ReplayDone, join: bool = True) -> None:
+        """Subscribe (a join keeps the room's channel wanted meanwhile), wait for Redis to confirm, run REPLAY
         (a few at a time: a burst of joins queues for its turn rather than drain the connection pool), then
         wait for its marker: every live message up to the replay's latest has reached us then."""
         room = None if stream == BROADCAST else stream
-        if room is not None:
+        if room is not None and join:
             self._join_interest(room, +1)
         marker = rf.MARKER + os.urandom(12)
         loop = asyncio.get_running_loop()
@@ -631,7 +672,7 @@ class RedisBus(Bus):
                 done(Replay(epoch, latest, [bytes(p) for p in payloads], None if verdict == -1 else verdict == 1))
         finally:
             self._markers.pop(marker, None)
-            if room is not None:
+            if room is not None and join:
                 # after done(): the hub subscribed the joiner meanwhile, so the channel stays wanted
                 loop.call_soon(self._join_interest, room, -1)
 
@@ -650,17 +691,18 @@ class RedisBus(Bus):
                 fut.set_result(True)
 
     async def reset_epochs(self, streams: Iterable[str]) -> None:
-        """New epochs for these streams (they were published to locally while Redis was unreachable)."""
+        """New epochs for these streams (they were published to locally while Redis was unreachable). Raises
+        ConnectionError if one could not be reset: the caller must not act as if it had been."""
         script = self._scripts.get("RESET")
         if not self._up or script is None:
-            return
+            raise ConnectionError(f"redis bus: {self.url} is not reachable")
         for stream in streams:
             meta, hist = rf.stream_keys(self.prefix, stream)
             try:
                 async with asyncio.timeout(self.command_timeout):
                     await script(keys=[meta, hist], args=[stamp.new_epoch(), META_TTL_S * 1000])
             except (TimeoutError, RedisError, OSError) as exc:
-                log.warning("redis bus: could not reset the epoch of %r: %s", stream, exc)
+                raise ConnectionError(f"redis bus: could not reset the epoch of {stream!r}: {exc}") from exc
 
     # --- interest and room counts ---------------------------------------------------------------------
 
@@ -770,6 +812,7 @@ class RedisBus(Bus):
             else:
                 self._rooms.discard(room)
                 self._confirmed.discard(self._channel_of(room)[0])  # a later join waits for a new SUBSCRIBE
+            self._follow(room, present)  # mended while subscribed; afresh if subscribed again
             self._sub_changes[room] = present
             wake = self._sub_wake
             if wake is not None and not wake.is_set():

@@ -46,6 +46,7 @@ class World:
         self.remotes: list[FakeRemote] = []
         self.log: list[str] = []
         self.gate: asyncio.Event | None = None  # when set, reset_epochs() waits for it
+        self.fail_resets = 0  # resets that fail (Redis unreachable again) before they work
 
     def stream(self, name: str) -> tuple[str, int, list[bytes]]:
         if name not in self.streams:
@@ -78,6 +79,9 @@ class World:
         self.log.append(f"reset {','.join(streams)}")
         if self.gate is not None:
             await self.gate.wait()
+        if self.fail_resets:
+            self.fail_resets -= 1
+            raise ConnectionError("redis is gone again")
         for s in streams:
             self.streams[s] = (stamp.new_epoch(), 0, [])
         self.log.append("reset done")
@@ -322,6 +326,36 @@ def test_streams_sequenced_locally_get_new_epochs_when_redis_is_back() -> None:
     run(main())
 
 
+def test_a_failed_reset_keeps_the_slot_local_and_is_tried_again() -> None:
+    """Redis is back but the streams sequenced locally cannot get their new epochs there: the owner goes on
+    sequencing them itself (switching would let a recovery from a pre-outage position succeed silently), and
+    tries again a little later."""
+
+    async def main() -> None:
+        world = World()
+        async with cluster_node(world, 1) as (bus,):
+            s = bus.local.streams
+            out = Outcomes()
+            remote_of(bus).go_down()
+            await switched(bus, LOCAL)
+            first = submit(bus, out, "r", 0, 0)
+            await out.wait([first])
+            world.fail_resets = 1
+            remote_of(bus).come_back()
+            await wait_for(lambda: remote_of(bus).resets == [["r"]] and not s.switching, 3, "the failed reset")
+            assert s.mode == LOCAL and s.local_streams == {"r"}
+            again = submit(bus, out, "r", 0, 1)
+            await out.wait([again])
+            assert (out.got[again].offset, out.got[again].epoch) == (2, out.got[first].epoch)  # still here
+            await switched(bus, REDIS)
+            assert remote_of(bus).resets == [["r"], ["r"]] and s.local_streams == set()
+            after = submit(bus, out, "r", 0, 2)
+            await out.wait([after])
+            assert (out.got[after].offset, out.got[after].epoch) == (1, world.streams["r"][0])
+
+    run(main())
+
+
 def test_no_reset_when_nothing_was_sequenced_locally() -> None:
     async def main() -> None:
         world = World()
@@ -387,12 +421,6 @@ def test_at_boot_without_redis_the_owner_waits_for_it_a_little() -> None:
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/bus/pipestreams.py PipeStreams._back_to_redis (line 216-238) tells the node's workers "
-    "STATE=REDIS and only then, after their acks, runs reset_epochs(); a worker that is not the owner "
-    "answers joins from Redis as soon as it has the STATE (history(), line 342-344: mode_of(slot) == REDIS), "
-    "so a join in that window that recovers from a pre-outage Redis position gets recovered=True and "
-    "silently misses what was sequenced locally during the outage"))
 def test_joins_during_the_switch_back_wait_for_the_reset() -> None:
     async def main() -> None:
         world = World()
@@ -421,18 +449,14 @@ def test_joins_during_the_switch_back_wait_for_the_reset() -> None:
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/bus/pipestreams.py: while a slot's owner has no Redis, every worker of the node drops what "
-    "Redis brings of the slot's streams (on_remote, line 187-194, 'redis_while_local'), but when Redis is back "
-    "_back_to_redis (line 216-238) resets only the streams sequenced locally: a stream that only other nodes "
-    "published to during the outage keeps its epoch, so the node's receivers see it go on after a hole in "
-    "the SAME epoch (a silent gap; a recovering client is told recovered=true from a position after it)"))
 def test_cross_node_messages_dropped_during_an_outage_leave_no_silent_hole() -> None:
     async def main() -> None:
         world = World()
         async with cluster_node(world) as buses:
             w0, w1 = buses
             s = stream_of(0, 2)
+            for b in buses:
+                b.room_members(s, 1)  # the room has members on both workers (the hub says so on a first join)
             other_node = FakeRemote(world)
 
             def publish(n: int) -> None:

@@ -19,9 +19,13 @@ import uvloop
 
 from server.bus import Bus
 from server.bus import redisframe as rf
+from server.bus.nodebus import NodeBus
+from server.bus.pipebus import PipeBus, make_mesh
+from server.bus.pipestreams import REDIS
 from server.bus.redisbus import RedisBus
 from server.metrics import Metrics
 from server.streams import BROADCAST, stamp
+from server.streams.owner import owner_slot
 from server.streams.table import Replay
 
 from ...helpers import NO_REDIS_REASON, RedisServer, T, free_port, redis_server_binary
@@ -467,12 +471,6 @@ def kill_connections(server: RedisServer, name: str) -> int:
     return len(ids)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: server/bus/redisbus.py _run/_session (line 235-316): when one worker's Redis connections drop "
-    "while Redis stays up, the messages the other nodes publish meanwhile are never delivered to it, and "
-    "after its reconnect it delivers the stream on from a later offset of the SAME epoch: its receivers "
-    "get a silent hole (nothing replays it from the history, nothing resets the epoch; in a cluster, "
-    "PipeStreams._back_to_redis resets only the streams its node sequenced locally)"))
 def test_a_worker_reconnecting_to_redis_delivers_no_hole(redis_server: RedisServer) -> None:
     """Redis stays up; B's connections are cut (a network blip) while A keeps publishing: once B is back,
     what it delivers of the stream has no hole in an epoch."""
@@ -501,6 +499,60 @@ def test_a_worker_reconnecting_to_redis_delivers_no_hole(redis_server: RedisServ
         assert {m.epoch for m in msgs} == {out.got[("r", 0, 0)].epoch}  # Redis never lost anything
         assert [m.offset for m in msgs] == list(range(1, len(msgs) + 1)), "a hole in B's stream"
         await closed(a, b)
+
+    run(main(), 20)
+
+
+def test_in_a_cluster_a_worker_reconnecting_to_redis_delivers_no_hole(redis_server: RedisServer) -> None:
+    """The same blip on a cluster node (NodeBus: the pipe streams layer mends what its Redis bus brings):
+    worker 1's connections are cut while worker 0, the owner of the stream's slot, keeps its own; another
+    node keeps publishing. Worker 1's first messages after the resubscription arrive before its session is
+    up: the hole is mended all the same."""
+
+    async def main() -> None:
+        p = fresh_prefix("nblip")
+        a = new_bus(redis_server.url, "A", prefix=p)
+        await started(a)
+        mesh = make_mesh(2)
+        node: list[NodeBus] = []
+        try:
+            for ep in range(2):
+                remote = new_bus(redis_server.url, "B", worker=ep, prefix=p, rid=ep, mend=False)
+                local = PipeBus(ep, ep, mesh[ep], remote.metrics, boot_ts_ms=0, workers=2, remote=remote)
+                bus = NodeBus(local, remote)
+                bus.recorder = Recorder(ep)  # type: ignore[attr-defined]
+                node.append(bus)
+                await bus.start(rec(bus))
+            w0, w1 = node
+            stream = next(f"n{i}" for i in range(100) if owner_slot(f"n{i}", 2) == 0)
+            for b in node:
+                b.room_members(stream, 1)
+            await subscribed(redis_server, p, stream, 2)
+            await wait_for(lambda: w1.local.streams.mode_of(0) == REDIS and w0.local.peer_count() == 1)
+            out = Outcomes()
+            n = 0
+            while rec(w1).count(stream) < 10:
+                submit(a, out, stream, 0, n)
+                n += 1
+                await asyncio.sleep(0.002)
+            assert kill_connections(redis_server, "fanwire:B:1") >= 2
+            await wait_for(lambda: not w1.remote.healthy(), 2, "worker 1 notices")
+            while not w1.remote.healthy() or rec(w1).count(stream) < 10 + 20:
+                submit(a, out, stream, 0, n)
+                n += 1
+                await asyncio.sleep(0.002)
+            await out.wait([(stream, 0, i) for i in range(n)], 5)
+            await arrived(node, stream, 0, n - 1, 3)
+            for b in node:
+                msgs = rec(b).stream(stream)
+                assert [m.offset for m in msgs] == list(range(1, n + 1)), f"a hole on worker {b.local.endpoint}"
+        finally:
+            for b in node:
+                await b.close()
+            await closed(a)
+            for socks in mesh.values():
+                for sock in socks.values():
+                    sock.close()
 
     run(main(), 20)
 
