@@ -35,9 +35,13 @@ from .targets import DOC, GOALS
 __all__ = ["CHARTS", "draw_all"]
 
 COLORS = {"fanwire": "#1f77b4", "baseline": "#ff7f0e", "baseline-uvloop": "#d62728", "picows": "#9467bd",
-          "floor": "#7f7f7f", "fanwire-2w": "#17becf", "fanwire-redis": "#2ca02c"}
+          "floor": "#7f7f7f", "fanwire-2w": "#17becf", "fanwire-redis": "#2ca02c", "history-on": "#1f77b4",
+          "history-off": "#9ecae1", "recovery-cuts": "#17becf"}
 LABELS = {**SERVER_LABELS, "fanwire-2w": "fanwire, 2 workers (pipe bus)",
-          "fanwire-redis": "fanwire, Redis bus (2 nodes x 1 worker)"}
+          "fanwire-redis": "fanwire, Redis bus (2 nodes x 1 worker)",
+          "history-on": "fanwire, history on (default, 256 per stream)",
+          "history-off": "fanwire, history off (--history-size 0)",
+          "recovery-cuts": "fanwire under cuts (workers as titled)"}
 OTHER_RUN_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf")
 DOC_STYLE: dict[str, Any] = {"color": "#d62728", "linestyle": "--", "linewidth": 1.3}
 GOAL_STYLE: dict[str, Any] = {"color": "#2ca02c", "linestyle": ":", "linewidth": 2.0}
@@ -617,11 +621,100 @@ def chart_scale(res: dict[str, Any], path: Path, the_set: dict[str, Any] | None 
     return finish(fig, res, title, path, the_set)
 
 
+def chart_recovery(res: dict[str, Any], path: Path, the_set: dict[str, Any] | None = None) -> Path:
+    runs = res["runs"]
+    summary = res.get("summary", {})
+    chaos = [r for r in runs if r.get("kind") == "chaos"]
+    fig, axes = new_figure(1, 4, 18, 5.6)
+    # 1: the delivered fraction, run by run, with every failure count beside it
+    ax = axes[0][0]
+    if chaos:
+        xs = list(range(len(chaos)))
+        vals = [r["delivered_pct"] or 0.0 for r in chaos]
+        lo = min(min(vals) - 0.05, 99.9)
+        for x, r, v in zip(xs, chaos, vals):
+            ok = r.get("goal_met")
+            ax.bar(x, v - lo, 0.6, bottom=lo, color=COLORS["recovery-cuts"] if ok else "#d62728",
+                   hatch=None if r.get("valid", True) else "xx", edgecolor="white")
+            text = (f"{v:.2f} %\n{r['completeness']['owed']:,} owed\n{r['duplicates']} dup.\n{r['out_of_order']} "
+                    f"out of order\n{r['history_lost']} hist. lost")
+            ax.annotate(text, (x, v), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=6.5)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"run {r['repeat'] + 1}" + ("" if r.get("valid", True) else "\n(invalid)")
+                            for r in chaos], fontsize=8)
+        ax.set_ylim(lo, 100 + (100 - lo) * 1.3)
+        ax.set_yticks([t for t in ax.get_yticks() if lo <= t <= 100.0])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.2f}"))
+        ref_line(ax, GOALS["recovery_delivered_pct"], "goal: 100.00 %", GOAL_STYLE)
+        r0 = chaos[0]
+        wrap_title(ax, f"Delivered (each owed offset exactly once, in order): {r0['subscribers']:,} subscribers x "
+                       f"{r0['streams']} streams, each cut every {r0['cut_every_s']} s, fanwire x{r0['workers']}", 48)
+    else:
+        ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("owed deliveries that arrived (%)")
+    # 2: the time to recover
+    ax = axes[0][1]
+    keys = [("recover_ms", "p50"), ("recover_ms", "p99"), ("recover_ms", "max"), ("handshake_ms", "p50"),
+            ("handshake_ms", "p99")]
+
+    def rec(s: str, gi: int) -> Any:
+        field, key = keys[gi]
+        return agg(chaos, lambda r: _num(r[field].get(key))), any_saturated(chaos)
+
+    bars(ax, ["p50", "p99", "max", "handshake\np50", "handshake\np99"], ["recovery-cuts"], rec, "{:.1f}", log=True)
+    ax.set_ylabel("time to recover (ms, log)")
+    n = sum(r.get("recoveries", 0) for r in chaos)
+    wrap_title(ax, f"Time to recover: reconnect (TCP connect) to caught up (last joined), {n:,} recoveries; "
+                   "and its handshake part", 48)
+
+    # 3 and 4: the price of history, on vs off
+    price = [r for r in runs if r.get("kind") in ("pingpong", "fanout")]
+    servers = ["history-on", "history-off"]
+    fo = [r for r in price if r["kind"] == "fanout"]
+    groups = list(dict.fromkeys((r["group"], r["rate"]) for r in fo))
+    ax = axes[0][2]
+
+    def cpu(s: str, gi: int) -> Any:
+        at = [r for r in fo if (r["group"], r["rate"]) == groups[gi] and r["history"] == s.split("-")[1]]
+        return agg(at, lambda r: _num(r.get("server_us_per_delivery"))), any_saturated(at)
+
+    names = []
+    for subs, rate in groups:
+        ratio = (summary.get(f"fanout_cpu_ratio_{subs // 1000}k_{rate}" if subs >= 1000 and subs % 1000 == 0
+                             else f"fanout_cpu_ratio_{subs}_{rate}") or {}).get("fanwire")
+        names.append(f"{subs:,} x {rate}/s" + (f"\non/off {ratio:.3f}x" if isinstance(ratio, (int, float)) else ""))
+    if groups:
+        bars(ax, names, servers, cpu, "{:.2f}")
+    else:
+        ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("server CPU per delivery (us)")
+    wrap_title(ax, "The price of history in fan-out: server CPU per delivery, one server core "
+                   f"(goal: on <= {GOALS['recovery_cpu_ratio']:.2f}x off)", 48)
+    ax = axes[0][3]
+    pp = [r for r in price if r["kind"] == "pingpong"]
+
+    def rtt(s: str, gi: int) -> Any:
+        at = [r for r in pp if r["history"] == s.split("-")[1]]
+        return agg(at, _msgs), any_saturated(at)
+
+    ratio = (summary.get("pingpong_ratio") or {}).get("fanwire")
+    size = pp[0]["size"] if pp else 64
+    bars(ax, [f"{size} B JSON ping/pong" + (f"\non/off {ratio:.3f}x" if isinstance(ratio, (int, float)) else "")],
+         servers, rtt)
+    ax.set_ylabel("round trips per second (msg/s)")
+    wrap_title(ax, "Ping/pong with history on and off, one server core (goal: unchanged, on >= "
+                   f"{GOALS['recovery_pingpong_ratio']:.2f}x off)", 48)
+    legend(fig, ["recovery-cuts", *servers], saturated=any_saturated(runs))
+    return finish(fig, res, "Recovery: nothing lost across repeated connection cuts, and the price of history",
+                  path, the_set)
+
+
 CHARTS: dict[str, Callable[[dict[str, Any], Path, dict[str, Any] | None], Path]] = {
     "connect": chart_connect,
     "throughput": chart_throughput,
     "latency": chart_latency,
     "fanout": chart_fanout,
+    "recovery": chart_recovery,
     "codecs": chart_codecs,
     "scaling": chart_scaling,
     "scale": chart_scale,

@@ -20,7 +20,7 @@ from typing import Any
 
 from .procstat import cores, cpu_model, raise_open_files
 from .provenance import DirtyTree, git_state, machine_state, require_clean, run_info
-from .report import SCHEMA, environment, load_results, write_readme, write_result
+from .report import SCHEMA, environment, fmt_value, load_results, write_readme, write_result
 from .scenarios import PLANNED, SCENARIOS, Ctx, by_name, default_names
 from .servers import ROOT, TARGETS
 from .targets import ROWS
@@ -190,6 +190,8 @@ def print_table(out: Path) -> None:
         met = row.met(f if isinstance(f, (int, float)) else None)
         mark = "" if met is None else ("met" if met else "MISSED")
         fs = f"{f:,.2f}" if isinstance(f, float) else (f"{f:,}" if isinstance(f, int) else "n/a")
+        if row.unit == "%" and isinstance(f, (int, float)):
+            fs = fmt_value(f, row.unit)  # a delivered fraction below 100 never prints as 100.00
         bs = f"{b:,.2f}" if isinstance(b, float) else (f"{b:,}" if isinstance(b, int) else "n/a")
         print(f"{row.metric:<{width}}  {fs:>12}  {bs:>12}  {row.goal} {mark}".rstrip())
 

@@ -23,7 +23,8 @@ than the servers it was meant to load), so each load process speaks just enough 
 
 The parent (:class:`LoadPool`) sends each process a command over a pipe (``open``, ``pingpong``,
 ``openloop``, ``listen``, ``publish``, ``progress``, ``collect``, ``wait_all``, ``hold``, ``count``, ``close``,
-``quit``) with
+``quit``; ``recovery_open``, ``recovery_run``, ``recovery_settle``, ``recovery_close`` drive the v1.1
+subscribers of :mod:`bench.recoveryload`) with
 absolute start
 times on the shared ``CLOCK_MONOTONIC``, so all processes start and measure the same window. Every loop
 is bounded by a count and a deadline; a process whose parent disappears exits.
@@ -52,6 +53,7 @@ import orjson
 
 from .hist import Histogram
 from .procstat import pin
+from .recoveryload import RecoveryLoad
 from .timing import Starts, wait_until
 from .wsproto import (
     OP_BINARY,
@@ -442,6 +444,7 @@ class Gen:
         self.hists: dict[int, Histogram] = {}
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.ppid = os.getppid()
+        self.recovery: RecoveryLoad | None = None  # the recovery scenario's subscribers and publisher
 
     async def main(self) -> None:
         self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
@@ -449,6 +452,8 @@ class Gen:
         await self.done
         for c in self.conns:
             c.abort()
+        if self.recovery is not None:
+            self.recovery.close()
         await asyncio.sleep(0)
 
     def _watch_parent(self) -> None:
@@ -805,6 +810,33 @@ class Gen:
     async def cmd_count(self) -> dict[str, Any]:
         return {"conns": len(self.alive()), "lost": self.lost, "pings": self.pings,
                 "close_codes": dict(self.close_codes)}
+
+    # --- the recovery scenario (bench.recoveryload) -------------------------------------------------------
+
+    async def cmd_recovery_open(self, count: int, publisher: bool = False, **kw: Any) -> dict[str, Any]:
+        """v1.1 subscribers (``autojoin=0``, every stream joined) and, when asked, the publisher."""
+        if self.recovery is not None:
+            self.recovery.close()
+        self.recovery = RecoveryLoad(self, **kw)
+        return await self.recovery.open(count, publisher)
+
+    async def cmd_recovery_run(self, **kw: Any) -> dict[str, Any]:
+        """Publish and cut on schedule (:meth:`bench.recoveryload.RecoveryLoad.run`)."""
+        if self.recovery is None:
+            raise LoadError("recovery_run before recovery_open")
+        return await self.recovery.run(**kw)
+
+    async def cmd_recovery_settle(self, ends: dict[str, dict[str, int]], timeout: float) -> dict[str, Any]:
+        """Wait until every subscriber caught up with ``ends``; the verdict from offsets."""
+        if self.recovery is None:
+            raise LoadError("recovery_settle before recovery_open")
+        return await self.recovery.settle(ends, timeout)
+
+    async def cmd_recovery_close(self) -> dict[str, Any]:
+        n = self.recovery.close() if self.recovery is not None else 0
+        self.recovery = None
+        await asyncio.sleep(0.01)
+        return {"closed": n}
 
     async def cmd_close(self) -> dict[str, Any]:
         n = 0

@@ -9,6 +9,7 @@ import datetime
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import resource
@@ -168,6 +169,8 @@ def fmt_value(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
     v = float(value)
+    if unit == "%" and 99.0 <= v <= 100.0:  # a delivered fraction: a loss must never round up to 100
+        return "100.00" if v == 100.0 else f"{math.floor(v * 10000) / 10000:.4f}"
     if unit in ("ms", "us", "KB", "x", "%", "s"):
         if v == 0:
             return "0"
@@ -180,8 +183,6 @@ def fmt_value(value: float | None, unit: str) -> str:
 
 
 def _floor_log10(v: float) -> float:
-    import math
-
     return math.floor(math.log10(v)) if v > 0 else 0
 
 

@@ -76,6 +76,9 @@ GOALS: Final = {
     "scale_conns": 100000.0,
     "scale_rss_per_conn_kb": 4.0,
     "scale_broadcast_p99_ms": 1000.0,
+    "recovery_delivered_pct": 100.0,
+    "recovery_cpu_ratio": 1.10,
+    "recovery_pingpong_ratio": 0.95,
 }
 
 ROWS: Final[tuple[Row, ...]] = (
@@ -125,6 +128,24 @@ ROWS: Final[tuple[Row, ...]] = (
         "", None, "lower", "latency"),
     Row("fanout.redis_p99_ms_1k_500", "Fan-out p99 over the Redis bus (2 nodes), 1,000 subscribers x 500/s", "ms",
         "", "", None, "lower", "latency"),
+    Row("recovery.delivered_pct", "Recovery: owed deliveries that arrived, each once and in order, under repeated "
+        "cuts", "%", "", "100.00 %", 100.0, "higher"),
+    Row("recovery.duplicates", "Recovery: duplicate deliveries, all runs", "msgs", "", "none", 0.0, "lower"),
+    Row("recovery.out_of_order", "Recovery: deliveries out of order, all runs", "msgs", "", "none", 0.0, "lower"),
+    Row("recovery.history_lost", "Recovery: history losses (recovered: false, epoch changes), all runs", "events", "",
+        "none", 0.0, "lower"),
+    Row("recovery.recover_p50_ms", "Recovery: time to recover p50 (reconnect to caught up)", "ms", "", "", None,
+        "lower", "latency"),
+    Row("recovery.recover_p99_ms", "Recovery: time to recover p99 (reconnect to caught up)", "ms", "", "", None,
+        "lower", "latency"),
+    Row("recovery.fanout_cpu_ratio_1k_100", "Price of history: fan-out server CPU per delivery, on / off, 1,000 "
+        "subscribers x 100/s", "x", "", "<= 1.10", 1.10, "lower"),
+    Row("recovery.fanout_cpu_ratio_20_1000", "Price of history: fan-out server CPU per delivery, on / off, 20 "
+        "subscribers x 1,000/s", "x", "", "<= 1.10", 1.10, "lower"),
+    Row("recovery.pingpong_ratio", "Price of history: 64 B ping/pong round trips/s, on / off", "x", "",
+        ">= 0.95 (unchanged)", 0.95, "higher"),
+    Row("recovery.pingpong_cpu_ratio", "Price of history: server CPU per ping/pong round trip, on / off", "x", "",
+        "", None, "lower"),
     Row("codecs.json_msgs_per_s", "Typical message, JSON: round trips/s", "msg/s", "", "", None, "higher",
         "capacity"),
     Row("codecs.msgpack_msgs_per_s", "Typical message, msgpack: round trips/s", "msg/s", "", "", None, "higher",

@@ -10,7 +10,7 @@ conditions of the median run: CPU of both sides, saturation, validity).
 
 All traffic goes to 127.0.0.0/8. Every loop is bounded by a count and a deadline.
 
-Adding a scenario (e.g. ``recovery``, once the server can resume a session after a reconnect): write
+Adding a scenario: write
 ``bench/scenarios/<name>.py`` with ``run_<name>(ctx, params) -> {"config", "runs", "summary"}`` built from
 :mod:`bench.scenarios.common` (``session``, ``open_conns``, ``file_figure``), add a :class:`Scenario` to
 :data:`SCENARIOS` with a full and a quick size, a chart to ``bench/charts.py`` (the tests require one per
@@ -28,6 +28,7 @@ from .common import Ctx, Scenario
 from .connect import run_connect
 from .fanout import run_fanout
 from .latency import run_latency
+from .recovery import run_recovery
 from .scale import run_scale
 from .scaling import run_scaling
 from .throughput import run_throughput
@@ -100,6 +101,30 @@ SCENARIOS: tuple[Scenario, ...] = (
             "every broadcast once",
     ),
     Scenario(
+        "recovery", "Recovery: nothing lost across repeated connection cuts, time to recover, and the price of "
+                    "history (history on vs off)",
+        run_recovery,
+        full={"chaos": {"workers": 2, "subs": 200, "rooms": 2, "rate": 50, "cut_every": 2.0, "down_s": 0.2,
+                        "warmup": 1.0, "duration": 10.0, "settle_s": 15.0, "codec": "json", "load_processes": 2,
+                        "max_send_lag_ms": 50.0},
+              "price": {"workers": 1, "load_processes": 2,
+                        "pingpong": {"conns": 100, "inflight": 16, "batch": 4, "size": 64, "warmup": 0.7,
+                                     "duration": 2.5},
+                        "fanout": [{"subs": 1000, "rate": 100}, {"subs": 20, "rate": 1000}],
+                        "size": 100, "warmup": 0.5, "duration": 2.5, "drain": 1.0, "saturation_p99_ms": 1000.0}},
+        quick={"chaos": {"workers": 2, "subs": 20, "rooms": 1, "rate": 50, "cut_every": 0.5, "down_s": 0.1,
+                         "warmup": 0.2, "duration": 1.5, "settle_s": 5.0, "codec": "json", "load_processes": 2,
+                         "max_send_lag_ms": 50.0},
+               "price": {"workers": 1, "load_processes": 1,
+                         "pingpong": {"conns": 20, "inflight": 16, "batch": 4, "size": 64, "warmup": 0.2,
+                                      "duration": 0.4},
+                         "fanout": [{"subs": 50, "rate": 100}],
+                         "size": 100, "warmup": 0.2, "duration": 0.4, "drain": 0.3, "saturation_p99_ms": 1000.0},
+               "repeats": 1},
+        how="v1.1 subscribers cut (TCP reset) on a schedule under steady publishing, every offset checked against "
+            "the publisher's acks; ping/pong and fan-out with history on and off, in turn",
+    ),
+    Scenario(
         "codecs", "Codecs: JSON vs msgpack for a typical message: msg/s, server CPU, bytes on the wire",
         run_codecs,
         full={"targets": CHAT3, "codecs": ["json", "msgpack"], "conns": 100, "inflight": 16, "batch": 4,
@@ -134,10 +159,7 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 # scenarios that wait for a server feature: shown by ``python -m bench list``, not run
-PLANNED: Final = {
-    "recovery": "reconnect and resume after a worker restart or a network cut (needs the server's session "
-                "resumption); see the module docstring for how to add it",
-}
+PLANNED: Final[dict[str, str]] = {}
 
 
 def by_name(names: Sequence[str]) -> list[Scenario]:
