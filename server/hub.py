@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Collection, Iterable
+from typing import Final, Generic, Protocol, TypeVar
 
 from .codecs import Codec
 from .metrics import Metrics
 from .ws.frames import build_frame
 
 _gc_window = False  # see gc_window()
+FAN_MIN: Final = 32  # receivers from which a fan-out is batched (Hub.deliver)
 
 
 def gc_window(on: bool = True) -> None:
@@ -65,7 +66,8 @@ S = TypeVar("S", bound=Sink)
 class Hub(Generic[S]):
     """A worker's open connections and rooms; fans messages out and writes each connection once per tick."""
 
-    __slots__ = ("conns", "dirty", "gc_paused", "loop", "max_queue", "metrics", "on_members", "rooms", "scheduled")
+    __slots__ = ("batches", "conns", "dirty", "gc_paused", "last_batch", "loop", "max_queue", "metrics",
+                 "on_members", "rooms", "scheduled")
 
     def __init__(self, metrics: Metrics, max_queue: int) -> None:
         self.metrics = metrics
@@ -73,6 +75,8 @@ class Hub(Generic[S]):
         self.conns: set[S] = set()
         self.rooms: dict[str, set[S]] = {}
         self.dirty: list[S] = []
+        self.batches: list[tuple[_Batch, list[S]]] = []  # this tick's fan-out batches: (frames, members)
+        self.last_batch: dict[Codec, _Batch] = {}  # per codec: this tick's last batch
         self.scheduled = False
         self.gc_paused = False  # this hub turned the collector off until its flush (gc_window)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +127,10 @@ class Hub(Generic[S]):
             self.dirty.append(conn)
             if not self.scheduled:
                 self._schedule()
+        elif type(out) is _Batch:  # it leaves its fan-out batch with a copy of the batch's frames
+            out.size -= 1
+            conn.out = [*out, data]
+            self.dirty.append(conn)
         else:
             out.append(data)
 
@@ -136,11 +144,31 @@ class Hub(Generic[S]):
             self.gc_paused = True
 
     def flush(self) -> None:
-        """Write everything queued this tick: one write per connection (inlined: it is the hot path)."""
+        """Write everything queued this tick: one write per connection (inlined: it is the hot path).
+
+        A connection's ``out`` holds all it is owed this tick: its own list, or the frame list of a fan-out
+        batch it is still a member of (see :meth:`deliver`)."""
         self.scheduled = False
         dirty, self.dirty = self.dirty, []
+        batches, self.batches = self.batches, []
+        self.last_batch.clear()
         limit = self.max_queue
         try:
+            for frames, members in batches:
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                for conn in members:
+                    if conn.out is not frames:
+                        continue  # left the batch (its own queue, or a later batch, has these frames), or lost
+                    conn.out = None
+                    t = conn.transport
+                    if t is None:
+                        continue
+                    t.write(data)
+                    if conn.end_after_write:
+                        t.close()
+                    queued = t.get_write_buffer_size()
+                    if queued > limit:
+                        conn.overflow(queued)
             for conn in dirty:
                 out = conn.out
                 conn.out = None
@@ -165,16 +193,25 @@ class Hub(Generic[S]):
         """Fan a JSON-encoded message out to this worker's receivers. Returns the number of deliveries.
 
         Each codec's payload and frame are built once, on the first receiver that needs them (a receiver
-        with extensions gets its own frame); receivers that are closing are skipped and counted. The
-        frames are queued as :meth:`push` queues them (inlined here: this loop runs once per receiver)."""
-        targets: Iterable[S] | None = self.conns if room is None else self.rooms.get(room)
+        with extensions gets its own frame); receivers that are closing are skipped and counted.
+
+        To ``FAN_MIN`` receivers or more, the frame is not queued per receiver: the receivers with nothing
+        queued yet this tick form a *batch* whose one frame list they share as their ``out``, and the flush
+        writes it to each of them. A later fan-out in the same tick that reaches every member of a batch
+        adds its frame to the batch; one that reaches some of them moves those to a new batch (a copy of
+        the frames, and the new one); a receiver that gets anything else (a reply) leaves its batch with a
+        copy of its frames. So every receiver still gets all it is owed, in order, in one write per tick,
+        and a receiver costs a few attribute stores instead of a list of its own."""
+        targets: Collection[S] | None = self.conns if room is None else self.rooms.get(room)
         if not targets:
             return 0
+        if len(targets) >= FAN_MIN:
+            return self._deliver_batched(targets, payload, mtype)
         encoded: dict[Codec, tuple[bytes, bytes]] = {}  # codec -> (payload, frame)
         last: Codec | None = None
         body = frame = b""
         size = 0
-        dirty = self.dirty
+        push = self.push
         n = 0
         nbytes = 0
         for conn in targets:
@@ -191,20 +228,113 @@ class Hub(Generic[S]):
                 size = len(body)
                 last = codec
             if conn.raw:
-                out = conn.out
-                if out is None:
-                    conn.out = [frame]
-                    dirty.append(conn)
-                else:
-                    out.append(frame)
+                push(conn, frame)
             else:
                 conn.send_payload(body)
             conn.bytes_out += size
             conn.msgs_out += 1
             nbytes += size
             n += 1
-        if dirty and not self.scheduled:
+        if n:
+            self.metrics.count_out(mtype, n, nbytes)
+        return n
+
+    def _deliver_batched(self, targets: Collection[S], payload: bytes, mtype: str) -> int:
+        by_codec: dict[Codec, _Delivery[S]] = {}
+        last: Codec | None = None
+        d: _Delivery[S] | None = None
+        n = 0
+        nbytes = 0
+        # the current codec's delivery, in locals (this loop runs once per receiver)
+        prev: _Batch | None = None
+        frame = b""
+        size = 0
+        join: Callable[[S], None] = self.dirty.append
+        again: Callable[[S], None] = self.dirty.append
+        new: _Batch = _Batch()
+        for conn in targets:
+            if conn.close_reason is not None:
+                self.metrics.inc(self.metrics.dropped, conn.close_reason)
+                continue
+            codec = conn.codec
+            if codec is not last:
+                d = by_codec.get(codec)
+                if d is None:
+                    d = by_codec[codec] = _Delivery(codec, payload, self.last_batch.get(codec))
+                new, prev, frame, size = d.batch, d.prev, d.frame, d.size
+                join, again = d.members.append, d.again.append
+                last = codec
+            if conn.raw:
+                out = conn.out
+                if out is None:
+                    conn.out = new
+                    join(conn)
+                elif out is prev:
+                    again(conn)  # a member of this codec's last batch: decided below, for all of them at once
+                elif type(out) is _Batch:
+                    assert d is not None
+                    d.others.setdefault(id(out), (out, []))[1].append(conn)
+                else:
+                    out.append(frame)
+            else:
+                assert d is not None
+                conn.send_payload(d.body)
+            conn.bytes_out += size
+            conn.msgs_out += 1
+            nbytes += size
+            n += 1
+        for codec, d in by_codec.items():
+            if d.again:
+                assert d.prev is not None
+                self._extend(codec, d.prev, d.again, d.frame)
+            for batch, reached in d.others.values():
+                self._extend(codec, batch, reached, d.frame)
+            if d.members:
+                d.batch.size = len(d.members)
+                self.batches.append((d.batch, d.members))
+                self.last_batch[codec] = d.batch
+        if not self.scheduled and self.batches:
             self._schedule()
         if n:
             self.metrics.count_out(mtype, n, nbytes)
         return n
+
+    def _extend(self, codec: Codec, batch: _Batch, reached: list[S], frame: bytes) -> None:
+        """``frame`` for the ``reached`` members of ``batch``: all of them, or a new batch for those."""
+        if len(reached) == batch.size:
+            batch.append(frame)
+            return
+        split = _Batch(batch)
+        split.append(frame)
+        split.size = len(reached)
+        batch.size -= len(reached)
+        for conn in reached:
+            conn.out = split
+        self.batches.append((split, reached))
+        self.last_batch[codec] = split
+
+
+class _Batch(list[bytes]):
+    """The frames of a fan-out batch: the ``out`` of each of its members. ``size``: members that still have it."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, frames: Iterable[bytes] = ()) -> None:
+        super().__init__(frames)
+        self.size = 0
+
+
+class _Delivery(Generic[S]):
+    """One codec's part of a batched fan-out."""
+
+    __slots__ = ("again", "batch", "body", "frame", "members", "others", "prev", "size")
+
+    def __init__(self, codec: Codec, payload: bytes, prev: _Batch | None) -> None:
+        self.body = codec.from_json(payload)
+        self.frame = build_frame(codec.opcode, self.body)
+        self.size = len(self.body)
+        self.batch = _Batch((self.frame,))  # the receivers with nothing queued yet join this one
+        self.members: list[S] = []
+        self.prev = prev  # this tick's last batch of this codec, if any
+        self.again: list[S] = []  # the members of ``prev`` this delivery reaches
+        self.others: dict[int, tuple[_Batch, list[S]]] = {}  # members of older batches it reaches, per batch

@@ -11,6 +11,8 @@ from typing import Any
 import msgpack
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server import codecs
 from server import hub as hub_module
@@ -436,3 +438,140 @@ def test_a_collector_turned_off_by_someone_else_stays_off(loop: asyncio.Abstract
     hub.push(s, b"x")
     tick(loop)
     assert not gc.isenabled() and not hub.gc_paused
+
+
+# --- batched fan-out (FAN_MIN receivers or more): the same bytes, in the same order, one write per tick ---------
+
+
+def scenario(loop: asyncio.AbstractEventLoop, fan_min: int, monkeypatch: pytest.MonkeyPatch) -> list[_Sink]:
+    """Two ticks of mixed traffic to 60 receivers (both codecs, extensions, a closing one, replies queued
+    before and after fan-outs, several fan-outs per tick to everyone and to a room); the sinks after them."""
+    monkeypatch.setattr(hub_module, "FAN_MIN", fan_min)
+    hub = new_hub(loop)
+    sinks = [_Sink(codecs.MSGPACK if i % 4 == 0 else codecs.JSON, raw=i % 11 != 5) for i in range(60)]
+    for i, s in enumerate(sinks):
+        hub.add(s, ["lobby"] if i % 2 else ["lobby", "games"])
+    sinks[7].close_reason = "closed"
+    hub.push(sinks[3], b"reply-before")
+    assert hub.deliver(None, b'{"type":"broadcast","text":"1"}', "broadcast") == 59
+    assert hub.deliver(None, b'{"type":"broadcast","text":"2"}', "broadcast") == 59
+    hub.push(sinks[10], b"reply-after")
+    assert hub.deliver("games", b'{"type":"chat","text":"3"}', "chat") == 30
+    assert hub.deliver(None, b'{"type":"broadcast","text":"4"}', "broadcast") == 59
+    sinks[20].end_after_write = True  # as Conn._end does when its out is already set: closed after its write
+    tick(loop)
+    assert hub.deliver(None, b'{"type":"broadcast","text":"5"}', "broadcast") == 59
+    assert hub.deliver(None, b'{"type":"broadcast","text":"6"}', "broadcast") == 59
+    sinks[30].transport = None  # lost before the flush
+    tick(loop)
+    return sinks
+
+
+def test_a_batched_fan_out_writes_what_per_receiver_queues_write(loop: asyncio.AbstractEventLoop,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    batched = scenario(loop, 1, monkeypatch)
+    queued = scenario(loop, 1 << 30, monkeypatch)
+    for b, q in zip(batched, queued, strict=True):
+        assert b.payloads == q.payloads
+        assert (b.msgs_out, b.bytes_out) == (q.msgs_out, q.bytes_out)
+        if b.transport is None:
+            continue
+        assert q.transport is not None
+        assert b.t.written == q.t.written
+        assert [c for c in b.t.calls if c[0] == "close"] == [c for c in q.t.calls if c[0] == "close"]
+        assert b.out is None
+    assert batched[20].t.calls[-1] == ("close", None)
+    for b, q in zip(batched, queued, strict=True):  # one write per connection per tick, either way
+        if b.transport is not None and q.transport is not None:
+            assert len(b.t.calls) == len(q.t.calls)
+
+
+def test_a_batched_receiver_that_overflows_is_told(loop: asyncio.AbstractEventLoop,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "FAN_MIN", 1)
+    hub = new_hub(loop, max_queue=10)
+    ok, slow = _Sink(), _Sink(transport=FakeTransport(buffered=100))
+    for s in (ok, slow):
+        hub.add(s, ["lobby"])
+    hub.deliver(None, CHAT, "broadcast")
+    tick(loop)
+    assert slow.overflows == [100] and ok.overflows == []
+
+
+def test_a_reply_after_a_batched_fan_out_follows_it(loop: asyncio.AbstractEventLoop,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "FAN_MIN", 1)
+    hub = new_hub(loop)
+    a, b = _Sink(), _Sink()
+    for s in (a, b):
+        hub.add(s, ["lobby"])
+    hub.deliver(None, CHAT, "broadcast")
+    hub.push(a, b"reply")
+    tick(loop)
+    frame = build_frame(codecs.OP_TEXT, CHAT)
+    assert a.t.written == frame + b"reply" and b.t.written == frame
+
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("deliver"), st.sampled_from([None, "lobby", "games"])),
+    st.tuples(st.just("push"), st.integers(0, 39)),
+    st.tuples(st.just("closing"), st.integers(0, 39)),
+    st.tuples(st.just("end"), st.integers(0, 39)),
+    st.tuples(st.just("tick"), st.none())), max_size=30)
+
+
+def replay(loop: asyncio.AbstractEventLoop, fan_min: int, script: list[tuple[str, Any]]) -> list[_Sink]:
+    hub_module.FAN_MIN = fan_min  # type: ignore[misc]  # restored by the caller
+    hub = new_hub(loop)
+    sinks = [_Sink(codecs.MSGPACK if i % 5 == 0 else codecs.JSON, raw=i % 13 != 6) for i in range(40)]
+    for i, s in enumerate(sinks):
+        hub.add(s, ["lobby", "games"] if i % 3 == 0 else ["lobby"])
+    for k, (op, arg) in enumerate(script):
+        if op == "deliver":
+            hub.deliver(arg, b'{"type":"chat","text":"%d"}' % k, "chat")
+        elif op == "push":
+            hub.push(sinks[arg], b"own%d;" % k)
+        elif op == "closing":
+            sinks[arg].close_reason = "closed"
+        elif op == "end":
+            sinks[arg].end_after_write = True
+        else:
+            tick(loop)
+    tick(loop)
+    return sinks
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_any_mix_of_fan_outs_and_replies_writes_the_same_either_way(script: list[tuple[str, Any]]) -> None:
+    loop = asyncio.new_event_loop()
+    saved = hub_module.FAN_MIN
+    try:
+        batched = replay(loop, 1, script)
+        queued = replay(loop, 1 << 30, script)
+    finally:
+        hub_module.FAN_MIN = saved  # type: ignore[misc]
+        loop.close()
+    for b, q in zip(batched, queued, strict=True):
+        assert b.t.written == q.t.written
+        assert len(b.t.calls) == len(q.t.calls)  # one write per tick (and the same closes)
+        assert (b.msgs_out, b.bytes_out, b.payloads) == (q.msgs_out, q.bytes_out, q.payloads)
+        assert b.out is None
+
+
+def test_fan_outs_to_the_same_receivers_in_one_tick_share_one_batch(loop: asyncio.AbstractEventLoop,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "FAN_MIN", 1)
+    hub = new_hub(loop)
+    sinks = [_Sink() for _ in range(5)]
+    for s in sinks:
+        hub.add(s, ["lobby"])
+    hub.deliver(None, CHAT, "broadcast")
+    hub.push(sinks[0], b"reply")  # sinks[0] leaves the batch with a copy of its frames
+    hub.deliver(None, CHAT, "broadcast")  # reaches every member still in it: the batch grows
+    hub.deliver("lobby", CHAT, "chat")
+    assert len(hub.batches) == 1 and len(hub.batches[0][0]) == 3 and hub.batches[0][0].size == 4
+    frame = build_frame(codecs.OP_TEXT, CHAT)
+    assert sinks[0].out == [frame, b"reply", frame, frame]
+    tick(loop)
+    assert all(s.t.calls == [("write", frame * 3)] for s in sinks[1:])
