@@ -10,7 +10,7 @@ them alike. Measured per variant, one worker on one pinned core:
 
 ::
 
-    python -m bench.ab --variant now=. --variant app=.:--app=bench.abapp:app --repeats 5
+    python -m bench.ab --variant now=. --variant app=.:--app=bench.apps.handlers:app --repeats 5
     git worktree add /tmp/before <commit>; python -m bench.ab --variant before=/tmp/before --variant now=.
 
 Prints medians, spreads and each variant's ratio to the first one; writes ``results/ab-<label>.json``

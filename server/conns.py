@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,10 @@ class ConnHost:
         self.handshaking: set[Conn] = set()
         self.tls_pending: dict[Conn, float] = {}  # accepted, TLS handshake not done yet -> accept time
         self.client_seq = 0
+        # Client ids are <worker>-<tag>-<hex counter>: the random tag of this worker process keeps a restarted
+        # worker, or the same worker number on another node, from handing out an id still in use (presence
+        # lists, the HTTP API's disconnect).
+        self.client_id_prefix = f"{worker_id}-{secrets.token_hex(4)}-"
         self.stopping: str | None = None  # "shutdown" / "restart" once the worker stops
         self.stop_code = 1001
         if cfg.max_conns_per_ip and ip_table is None:
@@ -202,7 +207,7 @@ class ConnHost:
         """The WebSocket is open: make it a client (see the module docstring)."""
         self.handshaking.discard(conn)
         self.client_seq += 1
-        conn.client_id = f"{self.worker_id}-{self.client_seq:x}"
+        conn.client_id = f"{self.client_id_prefix}{self.client_seq:x}"
         query = request.query
         conn.session_token = query.get("session") or new_session_token()
         grant = conn.grant

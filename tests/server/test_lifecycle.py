@@ -171,6 +171,33 @@ def test_sigkilled_worker_is_replaced_and_others_keep_going() -> None:
         assert "SIGKILL" in srv.output()
 
 
+def test_a_restarted_worker_does_not_hand_out_the_ids_of_the_clients_it_lost() -> None:
+    # Presence lists and the HTTP API's disconnect name clients by id: a replacement worker must not give a
+    # new client the id of one its predecessor had (which may still be listed, or be named by a back end).
+    with ServerProcess(workers=1) as srv:
+        async def main() -> None:
+            before = [await connect(srv.url) for _ in range(3)]
+            ids_before = {ws.welcome["client_id"] for ws in before}  # type: ignore[attr-defined]
+            old = srv.worker_pids()[0]
+            os.kill(old, signal.SIGKILL)
+            await asyncio.to_thread(srv.wait_worker_replaced, 0, old, 5.0)
+            after = []
+            deadline = time.monotonic() + T(10)
+            while len(after) < 3 and time.monotonic() < deadline:
+                try:
+                    after.append(await connect(srv.url))
+                except OSError:
+                    await asyncio.sleep(0.05)  # the new worker is still binding its listener
+            assert len(after) == 3
+            ids_after = {ws.welcome["client_id"] for ws in after}  # type: ignore[attr-defined]
+            assert len(ids_after) == 3 and not ids_after & ids_before, (ids_before, ids_after)
+            assert all(i.startswith("0-") for i in ids_before | ids_after)
+            for ws in after:
+                await ws.close()
+
+        run(main())
+
+
 def test_sigterm_closes_clients_with_1001_and_exits_0() -> None:
     srv = ServerProcess(workers=2, extra_args=["--shutdown-timeout", "3"])
     srv.start()
