@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -38,6 +37,8 @@ import msgpack
 import orjson
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.typing import Subprotocol
+
+from .stopsignal import stop_on_signals
 
 SUBPROTOCOLS = [Subprotocol("fanwire.msgpack"), Subprotocol("fanwire.json")]
 
@@ -96,15 +97,7 @@ async def echo_handler(websocket: ServerConnection) -> None:
 
 
 async def main(host: str, port: int, compression: bool, mode: str, use_orjson: bool) -> None:
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop = stop_on_signals()
     handler = echo_handler if mode == "echo" else chat_handler(use_orjson)
     async with serve(handler, host, port, subprotocols=SUBPROTOCOLS, select_subprotocol=select_subprotocol,
                      compression="deflate" if compression else None, backlog=4096):

@@ -48,6 +48,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .stopsignal import stop_on_signals
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = 1
 AUTOBAHN_VERSION = "25.10.1"
@@ -182,15 +184,7 @@ async def _websockets_echo(host: str, port: int, max_size: int) -> None:
         async for message in ws:
             await ws.send(message)
 
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop = stop_on_signals()
     async with serve(echo, host, port, max_size=max_size):
         print(f"{WS_READY} on ws://{host}:{port} (pid {os.getpid()})", flush=True)
         await stop

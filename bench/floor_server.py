@@ -23,9 +23,10 @@ import base64
 import hashlib
 import os
 import re
-import signal
 import struct
 from collections.abc import Sequence
+
+from .stopsignal import stop_on_signals
 
 try:
     from websockets.speedups import apply_mask
@@ -132,15 +133,8 @@ class Relay(asyncio.Protocol):
 
 
 async def main(host: str, port: int) -> None:
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     server = await loop.create_server(Relay, host, port, backlog=4096)
     print(f"floor: ready on ws://{host}:{port} (pid {os.getpid()})", flush=True)
     await stop

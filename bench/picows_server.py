@@ -11,10 +11,10 @@ Run: ``python -m bench.picows_server --port 8768``; prints ``picows: ready ...``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 from collections.abc import Sequence
+
+from .stopsignal import stop_on_signals
 
 
 async def main(host: str, port: int) -> None:
@@ -31,15 +31,7 @@ async def main(host: str, port: int) -> None:
     def factory(request: WSUpgradeRequest) -> WSListener:
         return Echo()
 
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-
-    def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    stop = stop_on_signals()
     server = await ws_create_server(factory, host, port, backlog=4096)
     print(f"picows: ready on ws://{host}:{port} (pid {os.getpid()})", flush=True)
     await stop

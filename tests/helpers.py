@@ -340,8 +340,9 @@ def raw_connect(port: int, host: str = "127.0.0.1", rcvbuf: int | None = None, p
 
 
 def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, rsv: int = 0,
-               length_override: int | None = None) -> bytes:
-    """A client frame (masked unless told otherwise), optionally lying about its length."""
+               length_override: int | None = None, key: bytes | None = None) -> bytes:
+    """A client frame (masked, with ``key`` or a random one, unless told otherwise), optionally lying about
+    its length. The one frame builder of the tests."""
     import struct
 
     b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
@@ -355,7 +356,8 @@ def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = Tru
         head = struct.pack("!BBQ", b0, mbit | 127, n)
     if not masked:
         return head + payload
-    key = os.urandom(4)
+    if key is None:
+        key = os.urandom(4)
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 

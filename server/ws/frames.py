@@ -22,6 +22,10 @@ from its header, before its payload is buffered.
 
 After a ``CLOSE`` event the reader discards everything (RFC 6455 1.4).
 
+A broken frame behind valid ones does not cost the valid ones: a read returns the events of the frames
+before it (they would have been handled had they come in an earlier segment), sets ``more`` so the caller
+comes back, and the next read raises the error. From the broken frame on, nothing is parsed.
+
 :meth:`Reader.feed_read` is what a connection calls on every read: the frames complete in the bytes just
 received are unmasked straight from them (a receive buffer shared by every connection), and only what is
 left of a frame is copied into the reader; :meth:`Reader.feed` and :meth:`Reader.read` remain for bytes
@@ -85,8 +89,8 @@ class Reader:
     Counters for the caller's limits: ``frames`` and ``wire_bytes`` (headers included) consumed so far.
     """
 
-    __slots__ = ("buf", "closed", "frag", "frag_compressed", "frag_count", "frag_op", "frames", "inflate",
-                 "max_fragments", "max_size", "more", "wire_bytes")
+    __slots__ = ("buf", "closed", "error", "frag", "frag_compressed", "frag_count", "frag_op", "frames",
+                 "inflate", "max_fragments", "max_size", "more", "wire_bytes")
 
     def __init__(self, max_size: int, max_fragments: int, inflate: Any = None) -> None:
         self.buf = bytearray()
@@ -101,6 +105,7 @@ class Reader:
         self.wire_bytes = 0
         self.more = False  # the last read() stopped at its frame budget with complete frames left
         self.closed = False
+        self.error: WsProtocolError | None = None  # a broken frame behind the events last returned
 
     def feed(self, data: bytes) -> None:
         if not self.closed:
@@ -112,15 +117,30 @@ class Reader:
 
     def read(self, max_frames: int) -> list[Event]:
         """Events for the complete frames buffered, at most ``max_frames`` frames; raises WsProtocolError."""
+        if self.error is not None:
+            raise self.error
         events: list[Event] = []
         self.more = False
         buf = self.buf
         pos = 0
         try:
             pos = self._parse(buf, 0, len(buf), max_frames, events)
+        except WsProtocolError as exc:
+            return self._broken(exc, events)
         finally:
             if pos and buf:
                 del buf[:pos]
+        return events
+
+    def _broken(self, exc: WsProtocolError, events: list[Event]) -> list[Event]:
+        """A broken frame: raise now when it is the first thing read, else return the events before it and
+        raise on the next read (``more`` brings the caller back)."""
+        self.closed = True  # nothing more is buffered or parsed
+        self.buf.clear()
+        if not events:
+            raise exc
+        self.error = exc
+        self.more = True
         return events
 
     def feed_read(self, data: bytes | bytearray | memoryview, max_frames: int, end: int = -1) -> list[Event]:
@@ -130,6 +150,8 @@ class Reader:
         shared receive buffer): no event refers to it. ``end`` < 0: all of ``data``."""
         if end < 0:
             end = len(data)
+        if self.error is not None:
+            raise self.error
         if self.closed:
             return []
         self.more = False
@@ -153,9 +175,10 @@ class Reader:
                 if self.more or self.closed:
                     break
             if not buf and pos < end and not self.closed and not self.more:
-                start = pos
-                pos = end  # if _parse raises, nothing of data is kept (the connection fails anyway)
-                pos = self._parse(data, start, end, max_frames - (self.frames - frames0), events)
+                pos = self._parse(data, pos, end, max_frames - (self.frames - frames0), events)
+        except WsProtocolError as exc:
+            pos = end  # nothing of data is kept
+            return self._broken(exc, events)
         finally:
             if pos < end and not self.closed:
                 buf += view[pos:end]

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
-from websockets.utils import apply_mask
 
 from server import codecs
 from server.errors import WsProtocolError
@@ -39,6 +38,7 @@ from server.ws.frames import (
     frame_header,
     valid_close_code,
 )
+from tests.helpers import mask_frame
 
 KEY = b"\x37\xfa\x21\x3d"
 RSV1, RSV2, RSV3 = 0x4, 0x2, 0x1  # as the ``rsv`` argument of cf(): bits 6, 5, 4 of the first byte
@@ -47,18 +47,7 @@ RSV1, RSV2, RSV3 = 0x4, 0x2, 0x1  # as the ``rsv`` argument of cf(): bits 6, 5, 
 def cf(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, masked: bool = True,
        length: int | None = None, key: bytes = KEY) -> bytes:
     """A client frame: masked with ``key`` unless told otherwise; ``length`` lies about the payload size."""
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload) if length is None else length
-    mbit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes((b0, mbit | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mbit | 127, n)
-    if not masked:
-        return head + payload
-    return head + key + (apply_mask(payload, key) if payload else b"")
+    return mask_frame(opcode, payload, fin, masked, rsv, length, key)
 
 
 def read_all(reader: Reader, budget: int = 1 << 30) -> list[Event]:
@@ -363,12 +352,38 @@ def test_rsv2_and_rsv3_stay_reserved_with_permessage_deflate() -> None:
         assert refusal(cf(OP_TEXT, b"x", rsv=rsv), inflate=deflate()).code == 1002
 
 
-def test_a_framing_error_is_raised_after_the_good_frames_before_it_are_consumed() -> None:
+@pytest.mark.parametrize("entry", ["read", "feed_read", "feed_read after a partial frame"])
+def test_the_frames_before_a_framing_error_are_returned_and_the_error_raised_on_the_next_read(entry: str) -> None:
+    # Autobahn 3.2, 4.1.3, 5.15...: a valid message then a broken frame in one segment. The message is
+    # handled (as it would be had it come alone), then the connection fails; nothing after the error is parsed.
+    good = cf(OP_TEXT, b"ok") + cf(OP_PING, b"p")
+    wire = good + cf(OP_TEXT, b"bad", rsv=RSV2) + cf(OP_TEXT, b"never")
     reader = Reader(1 << 20, 16)
-    reader.feed(cf(OP_TEXT, b"ok") + cf(OP_TEXT, b"bad", masked=False))
+    if entry == "read":
+        reader.feed(wire)
+        events = reader.read(10)
+    elif entry == "feed_read":
+        events = reader.feed_read(wire, 10)
+    else:
+        assert reader.feed_read(wire[:3], 10) == []
+        events = reader.feed_read(wire[3:], 10)
+    assert events == [(TEXT, b"ok"), (PING, b"p")]
+    assert reader.more  # the caller comes back...
+    assert reader.frames == 2 and reader.wire_bytes == len(good)
+    for _ in range(2):  # ... and the error is raised, on every later call
+        with pytest.raises(WsProtocolError) as exc:
+            reader.read(10)
+        assert exc.value.code == 1002
     with pytest.raises(WsProtocolError):
-        reader.read(10)
-    assert reader.frames == 1 and reader.wire_bytes == len(cf(OP_TEXT, b"ok"))
+        reader.feed_read(cf(OP_TEXT, b"more"), 10)
+    assert reader.frames == 2 and reader.buffered == 0
+
+
+def test_a_framing_error_first_in_a_read_raises_at_once() -> None:
+    reader = Reader(1 << 20, 16)
+    with pytest.raises(WsProtocolError):
+        reader.feed_read(cf(OP_TEXT, b"bad", masked=False) + cf(OP_TEXT, b"ok"), 10)
+    assert reader.frames == 0
 
 
 # --- the reader: close frames ------------------------------------------------------------------------------
