@@ -6,7 +6,9 @@ connection can bound the work one wake-up spends on one client (:meth:`Reader.re
 =================  =====================================================================================
 event              payload
 =================  =====================================================================================
-``TEXT``           a complete text message (fragments joined; UTF-8 is checked by the consumer)
+``TEXT``           a complete text message (fragments joined; UTF-8 is checked by the consumer; a
+                   fragmented one is also checked here, fragment by fragment, so that a broken one fails
+                   at the fragment that breaks it, RFC 6455 8.1)
 ``BINARY``         a complete binary message
 ``PING``           the ping's application data (the consumer answers with a pong, in order with its output)
 ``PONG``           the pong's application data
@@ -38,6 +40,7 @@ the other's internals.
 
 from __future__ import annotations
 
+import codecs
 import struct
 from collections.abc import Callable
 from typing import Any, Final
@@ -89,8 +92,8 @@ class Reader:
     Counters for the caller's limits: ``frames`` and ``wire_bytes`` (headers included) consumed so far.
     """
 
-    __slots__ = ("buf", "closed", "error", "frag", "frag_compressed", "frag_count", "frag_op", "frames",
-                 "inflate", "max_fragments", "max_size", "more", "wire_bytes")
+    __slots__ = ("buf", "closed", "error", "frag", "frag_compressed", "frag_count", "frag_op", "frag_utf8",
+                 "frames", "inflate", "max_fragments", "max_size", "more", "wire_bytes")
 
     def __init__(self, max_size: int, max_fragments: int, inflate: Any = None) -> None:
         self.buf = bytearray()
@@ -101,6 +104,7 @@ class Reader:
         self.frag_op = 0
         self.frag_count = 0
         self.frag_compressed = False
+        self.frag_utf8: Any = None  # an incremental UTF-8 decoder while a fragmented text message is read
         self.frames = 0
         self.wire_bytes = 0
         self.more = False  # the last read() stopped at its frame budget with complete frames left
@@ -306,6 +310,9 @@ class Reader:
             self.frag_op = opcode
             self.frag_count = 1
             self.frag_compressed = bool(rsv1)
+            if opcode == OP_TEXT:
+                self.frag_utf8 = _utf8_decoder()
+                _check_utf8(self.frag_utf8, payload, False)
             return None
         if opcode == OP_CONT:
             frag = self.frag
@@ -315,11 +322,14 @@ class Reader:
                 payload = self._inflate(opcode, fin, 0, payload, max(room, 1))  # 0 would mean "no limit"
                 if len(payload) > room:
                     raise WsProtocolError(1009, f"message over {self.max_size} bytes")
+            if self.frag_utf8 is not None:
+                _check_utf8(self.frag_utf8, payload, bool(fin))
             frag += payload
             self.frag_count += 1
             if not fin:
                 return None
             self.frag = None
+            self.frag_utf8 = None
             return (self.frag_op, bytes(frag))
         if opcode == OP_CLOSE:
             if self.frag is not None:
@@ -339,6 +349,16 @@ class Reader:
             raise WsProtocolError(1002, str(exc)) from None
         data: bytes = bytes(frame.data)
         return data
+
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _check_utf8(decoder: Any, payload: bytes, final: bool) -> None:
+    try:
+        decoder.decode(payload, final)
+    except UnicodeDecodeError:
+        raise WsProtocolError(1007, "invalid UTF-8 in a text message") from None
 
 
 def check_close(payload: bytes) -> bytes:

@@ -527,8 +527,13 @@ def test_a_fragment_inflating_past_a_full_message_is_refused() -> None:
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # a message: opcode, payload, how many fragments it is sent in, and pings to slip between its fragments
-messages = st.tuples(st.sampled_from([OP_TEXT, OP_BINARY]), st.binary(max_size=300), st.integers(1, 5),
-                     st.lists(st.binary(max_size=20), max_size=3))
+# (a text message is valid UTF-8, which the reader checks fragment by fragment; fragments may split characters)
+messages = st.one_of(
+    st.tuples(st.just(OP_TEXT), st.text(max_size=100).map(str.encode), st.integers(1, 5),
+              st.lists(st.binary(max_size=20), max_size=3)),
+    st.tuples(st.just(OP_BINARY), st.binary(max_size=300), st.integers(1, 5),
+              st.lists(st.binary(max_size=20), max_size=3)),
+)
 
 
 def wire_of(msgs: list[tuple[int, bytes, int, list[bytes]]]) -> tuple[bytes, list[Event]]:
@@ -746,3 +751,47 @@ def test_hostile_bytes_through_feed_read_raise_nothing_but_ws_protocol_errors(
                 raise AssertionError("read() never ran out of frames")
     except WsProtocolError as exc:
         assert exc.code in (1002, 1007, 1009)
+
+
+# --- the reader: UTF-8 of fragmented text messages ----------------------------------------------------------
+
+
+def test_a_fragmented_text_message_fails_at_the_fragment_that_breaks_its_utf8() -> None:
+    # Autobahn 6.4.1-2: fail fast (RFC 6455 8.1), not when the last fragment comes (which may be never)
+    reader = Reader(1 << 20, 16)
+    assert reader.feed_read(cf(OP_TEXT, "κό".encode() + b"\xce", fin=False), 10) == []  # a split character: fine
+    assert reader.feed_read(cf(OP_CONT, b"\xbd", fin=False), 10) == []
+    with pytest.raises(WsProtocolError) as exc:
+        reader.feed_read(cf(OP_CONT, b"\xf4\x90\x80\x80", fin=False), 10)  # over U+10FFFF: never valid
+    assert exc.value.code == 1007
+
+
+def test_a_fragmented_text_message_cut_inside_a_character_fails_at_its_last_fragment() -> None:
+    reader = Reader(1 << 20, 16)
+    assert reader.feed_read(cf(OP_TEXT, b"ok\xce", fin=False), 10) == []
+    with pytest.raises(WsProtocolError) as exc:
+        reader.feed_read(cf(OP_CONT, b""), 10)
+    assert exc.value.code == 1007
+
+
+def test_fragmented_binary_and_valid_text_messages_are_not_judged_as_utf8() -> None:
+    reader = Reader(1 << 20, 16)
+    wire = cf(OP_BINARY, b"\xff", fin=False) + cf(OP_CONT, b"\xfe") + cf(OP_TEXT, "é".encode()[:1], fin=False) \
+        + cf(OP_CONT, "é".encode()[1:])
+    assert reader.feed_read(wire, 10) == [(BINARY, b"\xff\xfe"), (TEXT, "é".encode())]
+
+
+def test_a_compressed_fragmented_text_message_is_judged_after_inflating() -> None:
+    raw = "añb".encode()  # the first fragment ends inside "ñ"
+    comp = compressor()
+    wire = (cf(OP_TEXT, compress(raw[:2], comp, final=False), fin=False, rsv=RSV1)
+            + cf(OP_CONT, compress(raw[2:], comp)))
+    reader = Reader(1 << 20, 16, inflate=deflate())
+    assert reader.feed_read(wire, 10) == [(TEXT, raw)]
+    comp = compressor()
+    broken = cf(OP_TEXT, compress(b"a", comp, final=False), fin=False, rsv=RSV1) \
+        + cf(OP_CONT, compress(b"\xff", comp, final=False), fin=False)
+    reader = Reader(1 << 20, 16, inflate=deflate())
+    with pytest.raises(WsProtocolError) as exc:
+        reader.feed_read(broken, 10)
+    assert exc.value.code == 1007
