@@ -26,6 +26,8 @@ def test_presence_spans_nodes_and_a_dead_nodes_members_vanish(redis_server: Redi
     with a, b:
         async def main() -> None:
             on_a, on_b = await connect(a.url), await connect(b.url)
+            # each node's first client of its worker: the same worker number and counter, not the same id
+            assert on_a.welcome["client_id"] != on_b.welcome["client_id"]  # type: ignore[attr-defined]
             await send(on_b, {"type": "chat", "room": "lobby", "text": "hi", "user": "bob"})
             assert (await request(on_a, {"type": "join", "room": "px", "presence": True}))["presence"] is True
             assert (await request(on_b, {"type": "join", "room": "px", "presence": True}))["presence"] is True
