@@ -97,6 +97,7 @@ class Worker:
             self.ssl = server_context(cfg.certfile, cfg.keyfile)  # BootError: worker_main exits EXIT_BOOT
             self.host.with_tls = True
         self.heartbeat: Heartbeat | None = None
+        self.release_memory = tuning.MemoryRelease()
 
     # --- the router's owner ------------------------------------------------------------------------------
 
@@ -147,9 +148,11 @@ class Worker:
         await self._shutdown()
 
     def _periodic(self, now: float) -> None:
-        """Upkeep on each heartbeat tick: TLS handshakes that never completed, the bus's history and dedup."""
+        """Upkeep on each heartbeat tick: TLS handshakes that never completed, the bus's history and dedup,
+        the free heap given back now and then (see server/tuning.py)."""
         self.host.sweep_tls(now)
         self.bus.prune(now)
+        self.release_memory(now)
 
     def stop(self, code: int = 1001) -> None:
         if self._stopped is not None and not self._stopped.done():

@@ -27,3 +27,23 @@ def test_the_boot_objects_are_frozen_out_of_collections(monkeypatch: pytest.Monk
         assert calls == ["freeze"] and hub._gc_window
     finally:
         hub.gc_window(False)
+
+
+def test_free_memory_is_given_back_at_most_once_per_interval() -> None:
+    kept: list[int] = []
+    release = tuning.MemoryRelease(every=10.0, keep=1234, trim=lambda keep: kept.append(keep) or 1)
+    for now in (100.0, 100.5, 109.9, 110.0, 115.0, 120.1):
+        release(now)
+    assert kept == [1234, 1234, 1234]  # at 100, 110 and 120.1
+    assert release.calls == 3
+
+
+def test_memory_release_calls_glibcs_malloc_trim() -> None:
+    release = tuning.MemoryRelease(every=0.0, keep=0)
+    if release.trim is None:
+        pytest.skip("no malloc_trim here (not glibc)")
+    blocks = [bytearray(256 * 1024) for _ in range(64)]  # 16 MiB on the heap or in mmaps
+    del blocks
+    release(0.0)
+    assert release.calls == 1
+    assert release.trim(0) in (0, 1)  # 1: memory was released, 0: none was left to release
