@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 
 from ...helpers import ServerProcess
 from .test_api import KEY
@@ -32,6 +33,7 @@ def test_the_api_answers_as_its_openapi_document_says(api_server: ServerProcess,
     assert {op.label for op in operations} >= {  # every endpoint is exercised
         "POST /api/publish", "POST /api/broadcast", "GET /api/rooms", "GET /api/rooms/{room}/presence",
         "POST /api/clients/{client_id}/disconnect", "GET /api/stats"}
+    skipped: list[str] = []
     for operation in operations:
         if mode == schemathesis.GenerationMode.NEGATIVE and operation.label in NO_INPUT:
             continue  # nothing of theirs can be made invalid (the credentials are fixed)
@@ -43,4 +45,13 @@ def test_the_api_answers_as_its_openapi_document_says(api_server: ServerProcess,
         def check(case: schemathesis.Case) -> None:
             case.call_and_validate()
 
-        check()
+        try:
+            check()
+        except Unsatisfiable:
+            # negative mode, an operation whose only input is a path parameter: the generator sometimes finds
+            # no invalid value it can send (a path segment takes nearly anything); nothing was checked
+            if mode == schemathesis.GenerationMode.POSITIVE or "{" not in operation.label or \
+                    operation.label.startswith("POST"):
+                raise
+            skipped.append(operation.label)
+    assert len(skipped) <= 1, skipped  # the bodies' invalid values are always generated
