@@ -52,7 +52,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -742,27 +742,13 @@ class RedisBus(Bus):
 
     async def _write_counts(self, client: Any, counts: dict[str, int], replace: bool) -> None:
         """This worker's members per room, in its hash (read by the other nodes' stats)."""
-        key = rf.rooms_key(self.prefix, self._member)
-        pipe = client.pipeline(transaction=False)
-        if replace:
-            pipe.delete(key)
         gone = [r for r, n in counts.items() if not n]
         live = {r: n for r, n in counts.items() if n}
-        if gone and not replace:
-            pipe.hdel(key, *gone)
-        if live:
-            pipe.hset(key, mapping=live)
-        pipe.pexpire(key, self.ttl_ms)
-        async with asyncio.timeout(self.command_timeout):
-            await pipe.execute()
+        await self._write_hash(client, rf.rooms_key(self.prefix, self._member), live, gone, replace)
 
     async def _write_presence(self, client: Any, rooms: set[str], replace: bool) -> None:
         """This worker's presence lists of ``rooms``, in its hash (read by the other nodes)."""
         handler = self._handler
-        key = rf.presence_key(self.prefix, self._member)
-        pipe = client.pipeline(transaction=False)
-        if replace:
-            pipe.delete(key)
         live: dict[str, bytes] = {}
         gone: list[str] = []
         for room in rooms:
@@ -772,6 +758,15 @@ class RedisBus(Bus):
                 gone.append(room)
             else:
                 live[room] = msgpack.packb(part, use_bin_type=True)
+        await self._write_hash(client, rf.presence_key(self.prefix, self._member), live, gone, replace)
+
+    async def _write_hash(self, client: Any, key: bytes, live: Mapping[str, Any], gone: list[str],
+                          replace: bool) -> None:
+        """One pipeline: the hash ``key`` gets ``live`` and loses ``gone`` (all of it first, with
+        ``replace``), and lives ``ttl_ms`` more."""
+        pipe = client.pipeline(transaction=False)
+        if replace:
+            pipe.delete(key)
         if gone and not replace:
             pipe.hdel(key, *gone)
         if live:
