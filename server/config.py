@@ -110,8 +110,8 @@ class Config:
                             "the cluster shares")
     node_id: str = option("", "bus", "name of this node, unique within a cluster", shown_default="host:port; "
                           "with --bus redis hostname:port:pid")
-    bus_high_water: int = option(4 << 20, "bus", "bytes waiting on the bus above which publishing clients "
-                                 "are paused (back-pressure)")
+    bus_high_water: int = option(4 << 20, "bus", "bytes waiting on the bus, or submitted to other workers and "
+                                 "not sequenced yet, above which publishing clients are paused (back-pressure)")
     bus_max_queue: int = option(64 << 20, "bus", "bytes waiting on the bus per peer beyond which "
                                 "publications are dropped (counted)")
     # --- streams: history, recovery, acknowledgements ---------------------------------------------------------

@@ -5,10 +5,14 @@ are workers, so a rolling restart can run old and new worker side by side) and k
 worker that dies leaves its endpoint in place for its replacement. Each worker keeps its own ends.
 
 Writes are batched per event-loop tick and never block. A peer that cannot take more gets a queue, and the
-bus pushes back instead of dropping: above ``high_water`` bytes waiting (queued or still pending this tick)
+bus pushes back instead of dropping: above ``high_water`` bytes waiting (queued or still pending this tick),
+or above ``high_water`` bytes of this worker's submissions not answered yet by their streams' owners,
 :meth:`PipeBus.congested` is true, and the worker stops reading from the clients that publish until
-:meth:`PipeBus.on_drained` calls them back (below ``low_water``), in the order they were held. Only past
-``max_queue`` is anything dropped, and then it is counted (``queue_full``).
+:meth:`PipeBus.on_drained` calls them back (below ``low_water``), in the order they were held. An owner that
+is congested also holds the SUBMITs of the other workers, in order, until it has drained (each sequenced
+message goes to every worker; the submitters wait meanwhile, their own in-flight bytes bounded), so what
+one worker's clients publish cannot pile up in the owner's queue to a slow peer. Only past ``max_queue``
+is anything dropped, and then it is counted (``queue_full``).
 
 Peers announce themselves with HELLO and leave with BYE, sent by the peer itself when it stops, or on its
 behalf by the supervisor when it dies; a peer that is only busy (silent past ``peer_timeout_s``) is
@@ -212,7 +216,17 @@ class PipeBus(Bus):
         return peer.worker if peer is not None else -1
 
     def congested(self) -> bool:
-        return self._pending_bytes + self._backlog > self.high_water
+        return (self._pending_bytes + self._backlog > self.high_water
+                or self.streams.inflight > self.high_water)
+
+    def _calm(self) -> bool:
+        """Low enough again to let held publishers go on (the low-water side of :meth:`congested`)."""
+        return (not self._pending_bytes and self._backlog < self.low_water
+                and self.streams.inflight <= self.low_water)
+
+    def credit_returned(self) -> None:
+        if self._drained and self._calm():
+            self._release()
 
     def on_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (once, from the loop) when the bus is no longer congested."""
@@ -243,7 +257,7 @@ class PipeBus(Bus):
             if peer.pending:
                 records, peer.pending = peer.pending, []
                 self._send_records(peer, records)
-        if self._drained and self._backlog < self.low_water:
+        if self._drained and self._calm():
             self._release()
 
     def _send_records(self, peer: _Peer, records: list[bytes], force: bool = False) -> None:
@@ -297,7 +311,7 @@ class PipeBus(Bus):
             peer.writing = False
             if self._loop is not None:
                 self._loop.remove_writer(peer.sock.fileno())
-        if self._drained and self._backlog < self.low_water and not self._pending_bytes:
+        if self._drained and self._calm():
             self._release()
 
     def _forget(self, peer: _Peer) -> None:
@@ -310,7 +324,7 @@ class PipeBus(Bus):
         if peer.writing and self._loop is not None:
             peer.writing = False
             self._loop.remove_writer(peer.sock.fileno())
-        if self._drained and self._backlog < self.low_water:
+        if self._drained and self._calm():
             self._release()
         if was_alive:
             self.streams.peer_gone(peer.endpoint)

@@ -59,6 +59,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
@@ -114,6 +115,15 @@ class Transport(Protocol):
 
     def slot_of(self, endpoint: int) -> int: ...
 
+    def congested(self) -> bool:
+        """Too much waits to be sent to the peers (see :class:`~.pipebus.PipeBus`)."""
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, from the loop, when the bus is no longer congested."""
+
+    def credit_returned(self) -> None:
+        """Our submissions in flight (:attr:`PipeStreams.inflight`) went down: publishers held may go on."""
+
 
 class _Waiting:
     __slots__ = ("op", "since")
@@ -157,6 +167,8 @@ class PipeStreams:
         self.waiting: dict[int, list[_Waiting]] = {}  # slot -> operations held
         self.early: list[tuple[int, bytes]] = []  # (kind, body) for our slot, before we own it
         self.pending: dict[int, tuple[Done, int]] = {}  # ticket -> (done, owner endpoint asked)
+        self.inflight = 0  # bytes of our submissions not answered yet (see submit)
+        self.backlog: deque[bytes] = deque()  # SUBMITs of other workers held while we are congested
         self.hist_pending: dict[int, _Asked] = {}
         self.tickets = itertools.count(1)
         self.moving_acks: set[int] | None = None  # endpoints we wait for while handing over
@@ -388,12 +400,26 @@ class PipeStreams:
     # --- submitting ----------------------------------------------------------------------------------------
 
     def submit(self, sub: Submission, done: Done) -> None:
+        """Have ``sub`` sequenced by its stream's owner. Its bytes count in :attr:`inflight` until it is
+        answered, and the bus is congested while that is above its high water: this worker's publishers
+        wait, so what it asks of the owners (who send every message back to everyone) stays bounded."""
+        size = len(sub.payload)
+        self.inflight += size
+
+        def answered(outcome: Outcome) -> None:
+            self.inflight -= size
+            self.t.credit_returned()
+            done(outcome)
+
+        self._submit(sub, answered)
+
+    def _submit(self, sub: Submission, done: Done) -> None:
         if self.closed:
             done(Outcome(error="unavailable"))
             return
         slot = owner_slot(sub.stream, self.workers)
         if slot == self.slot and self._ours_held():
-            self.switch_queue.append(lambda: self.submit(sub, done))
+            self.switch_queue.append(lambda: self._submit(sub, done))
             return
         owner = self.owner_of(slot)
         if owner == self.t.endpoint:
@@ -566,7 +592,7 @@ class PipeStreams:
                 self.owners[slot] = endpoint
             self._release(slot)
 
-    def _for_owner(self, kind: int, body: bytes) -> None:
+    def _for_owner(self, kind: int, body: bytes, from_backlog: bool = False) -> None:
         """A SUBMIT or HIST_REQ: ours to answer, to keep until we own our slot, or to pass on."""
         ticket, meta, rest = bf.parse_meta(body)
         if self.closed:
@@ -586,6 +612,13 @@ class PipeStreams:
                 self.t.send(meta[-1], bf.HIST_REP, bf.meta_body(ticket, [RETRY, "", 0, None, []]))
                 return
             if kind == bf.SUBMIT:
+                if not from_backlog and (self.backlog or self.t.congested()):
+                    # what we send to everyone waits to go out: the SUBMITs wait here, in order, so our
+                    # queues to slow peers stay bounded (their submitters are bounded by their own inflight)
+                    self.backlog.append(body)
+                    if len(self.backlog) == 1:
+                        self.t.on_drained(self._drain_backlog)
+                    return
                 _, room, ts_ms, identity, msg_id, origin = meta
                 self._sequence(stream, room, rest, ts_ms, identity, msg_id, origin, ticket, None)
             else:
@@ -611,6 +644,15 @@ class PipeStreams:
             self._hold(slot, forward)
         else:
             forward(owner)
+
+    def _drain_backlog(self, force: bool = False) -> None:
+        """The bus drained: sequence the SUBMITs held, in order, until it is congested again."""
+        backlog = self.backlog
+        while backlog and not self.closed:
+            if not force and self.t.congested():
+                self.t.on_drained(self._drain_backlog)
+                return
+            self._for_owner(bf.SUBMIT, backlog.popleft(), from_backlog=True)
 
     def _refuse(self, kind: int, ticket: int, origin: int) -> None:
         """Answer a SUBMIT or HIST_REQ of ``origin`` with ``unavailable``."""
@@ -670,6 +712,8 @@ class PipeStreams:
             for w in ops:
                 w.op(None)
         early, self.early = self.early, []
+        early.extend((bf.SUBMIT, body) for body in self.backlog)
+        self.backlog.clear()
         for kind, body in early:
             ticket, meta, _ = bf.parse_meta(body)
             self._refuse(kind, ticket, meta[-1])
@@ -724,6 +768,7 @@ class PipeStreams:
                 self.t.send(ep, bf.MOVED, bf.meta_body(0, [self.slot, self.t.endpoint]))
             self._release(self.slot)
             return
+        self._drain_backlog(force=True)  # sequenced here, so the table we hand over has them
         self.owning = False
         self.handed_over = True
         chunks = _chunks(self.table.export())

@@ -365,13 +365,6 @@ def test_a_stats_flood_costs_no_other_client_a_message() -> None:
         run(main())
         m = scrape_metrics(srv.port)
         dropped = {k: v for k, v in m.items() if k.startswith("fanwire_bus_dropped_total")}
-        if set(dropped) == {'fanwire_bus_dropped_total{reason="queue_full"}'} and any(dropped.values()):
-            # Known, open (issue 9, item 6): about 1 run in 7 the sequencing worker's queue to the other worker
-            # passes --bus-max-queue and a batch of SEQ records (owner -> every worker, payloads included,
-            # followed or not) is dropped and counted: the flood's submissions come from the slow worker
-            # itself, so holding the owner's own clients does not stop it. The other clients' chats all
-            # arrived (asserted above); any other drop fails.
-            pytest.xfail(f"known bus overflow under a cross-worker flood (issue 9): {dropped}")
         assert not any(dropped.values()), dropped
 
 
@@ -415,13 +408,6 @@ def test_big_chats_to_an_empty_room_cost_no_other_client_a_message() -> None:
         run(main(), timeout=150)
         m = scrape_metrics(srv.port)
         dropped = {k: v for k, v in m.items() if k.startswith("fanwire_bus_dropped_total")}
-        if set(dropped) == {'fanwire_bus_dropped_total{reason="queue_full"}'} and any(dropped.values()):
-            # Known, open (issue 9, item 6): about 1 run in 7 the sequencing worker's queue to the other worker
-            # passes --bus-max-queue and a batch of SEQ records (owner -> every worker, payloads included,
-            # followed or not) is dropped and counted: the flood's submissions come from the slow worker
-            # itself, so holding the owner's own clients does not stop it. The other clients' chats all
-            # arrived (asserted above); any other drop fails.
-            pytest.xfail(f"known bus overflow under a cross-worker flood (issue 9): {dropped}")
         assert not any(dropped.values()), dropped
 
 

@@ -359,6 +359,101 @@ def test_pipebus_drops_past_max_queue_and_counts_them(loop: str) -> None:
     run(main(), loop)
 
 
+def send_records(sock: socket.socket, endpoint: int, records: list[tuple[int, bytes]]) -> None:
+    """Write ``(kind, body)`` records to a bus as endpoint ``endpoint`` would (one batch)."""
+    now = int(time.time() * 1000)
+    for pkt in bf.packets([bf.record(kind, endpoint, now, body) for kind, body in records], MAX_PACKET):
+        sock.send(pkt)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_owner_holds_other_workers_submissions_while_its_queue_to_a_slow_peer_is_full(loop: str) -> None:
+    """Each message an owner sequences goes to every worker. Submissions from the other workers (here: from
+    the slow peer itself, whose clients keep publishing while it does not read) must wait at the owner while
+    its queue is over high water, and go on in order once it drains: none dropped, far more than max_queue."""
+    max_queue, size, offered = 64 * 1024, 3000, 90  # 270 KB offered: four times max_queue
+
+    async def main() -> None:
+        m = Metrics()
+        bus, peer, socks = await bus_with_a_silent_peer(m, max_queue=max_queue, high_water=16 * 1024,
+                                                        low_water=4 * 1024)
+        socks[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)  # a drain sends ~20 KB a tick
+        body = [bf.meta_body(i + 1, [BROADCAST, None, 1, None, None, 1], payload(i, size)) for i in range(offered)]
+        for b in body:  # the peer submits (one per tick: the bus's packets stay under the tiny buffer)
+            send_records(peer.sock, 1, [(bf.SUBMIT, b)])
+            await ticks(2)
+            assert bus.peers[1].queued <= max_queue
+        await wait_for(lambda: m.bus_frames_in == 1 + offered)  # its HELLO and every SUBMIT read
+        await ticks(3)
+        assert m.bus_dropped == {}
+        assert bus.congested()
+        assert 0 < len(rec_of(bus).got) < offered  # sequenced while the queue had room;
+        assert len(rec_of(bus).got) + len(bus.streams.backlog) == offered  # the rest waits for it to drain
+        while len(peer.payloads()) < offered:  # the peer reads again: everything comes, in order
+            if peer.read_some() == 0:
+                await asyncio.sleep(0.001)
+        assert positions(peer.payloads()) == list(range(offered))
+        assert offsets(peer.payloads()) == list(range(1, offered + 1))
+        assert [bf.parse_seq(b)[:2] for k, b in peer.records if k == bf.SEQ] == [(1, i + 1) for i in range(offered)]
+        assert len(rec_of(bus).got) == offered and not bus.streams.backlog
+        assert m.bus_dropped == {}
+        await bus.close()
+        for s in socks:
+            s.close()
+
+    run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_worker_whose_submissions_are_not_answered_yet_holds_its_publishers(loop: str) -> None:
+    """What a worker submits comes back to it from the owner: its unanswered bytes are bounded too. Past
+    high water of them the bus is congested (publishers wait) though nothing is queued; answers release."""
+    high, low, size = 64 * 1024, 16 * 1024, 4000
+
+    async def main() -> None:
+        mesh = make_mesh(2)
+        bus = PipeBus(0, 0, mesh[0], Metrics(), boot_ts_ms=0, heartbeat_s=3600, workers=2, high_water=high,
+                      low_water=low)
+        owner = Peer(mesh[1][0])
+        await bus.start(Recorder(0))
+        send_records(owner.sock, 1, [(bf.HELLO, bf.hello_body(1, 4242, bf.OWNER))])
+        await wait_for(lambda: bus.streams.owner_of(1) == 1)
+        stream = stream_of(1, 2)[0]
+        out = Outcomes()
+        sent = 0
+        while not bus.congested():
+            bus.submit(Submission(stream, stream, payload(sent, size), 1), out.done(sent))
+            sent += 1
+            await ticks(1)
+            assert sent < 1000, "never congested"
+        assert sent * size > high and (sent - 1) * size <= high
+        await wait_for(lambda: flushed(bus))
+        assert bus.congested() and not out.got  # nothing queued: only the answers are missing
+
+        released: list[int] = []
+        bus.on_drained(lambda: released.append(len(out.got)))
+        asked: list[int] = []
+        while len(asked) < sent:
+            owner.read_some()
+            asked = [bf.parse_meta(b)[0] for k, b in owner.records if k == bf.SUBMIT]
+            await asyncio.sleep(0.001)
+        for n, ticket in enumerate(asked):  # the owner answers, one at a time
+            send_records(owner.sock, 1, [(bf.OUTCOME, bf.meta_body(ticket, [n + 1, "e", False, None]))])
+            answered = n + 1
+            await wait_for(lambda: len(out.got) >= answered)  # noqa: B023 (awaited here, in this iteration)
+            await ticks(2)
+            left = (sent - n - 1) * size
+            assert bool(released) == (left <= low), (n, left, released)
+        assert released == [sent - low // size]  # called once, as soon as it was low enough
+        assert not bus.congested()
+        await bus.close()
+        for socks in mesh.values():
+            for s in socks.values():
+                s.close()
+
+    run(main(), loop)
+
+
 def rec_of(bus: PipeBus) -> Recorder:
     handler = bus._handler
     assert isinstance(handler, Recorder)
