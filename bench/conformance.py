@@ -677,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.websockets_echo:
@@ -685,6 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.summary:
         print(summary_markdown(json.loads(ns.out.read_text())), end="")
         return 0
+    # SIGTERM (a timeout, make's or CI's) unwinds like Ctrl-C, so the servers and wstest started so far are
+    # stopped by the blocks that started them instead of being left running
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ns.workdir = ns.workdir.resolve()
     try:
         data = run(ns)

@@ -3,7 +3,8 @@
 Every process stays under the hard limit of 20,000 open files: the server runs enough workers, the load
 runs enough processes, and the connections come from several source addresses (127.0.0.1, .2, ...; about
 28,000 ephemeral ports per source/destination pair, 15,000 used). Measured: connections per second,
-server memory per idle connection, one broadcast delivered to all (p99 and last), then a hold of
+server memory per idle connection, one broadcast delivered to all (p99 and last, and the CPU seconds the
+server and the load processes spent meanwhile: they share the cores), then a hold of
 ``hold_s`` seconds of heartbeats: connections dropped (client side, and the server's own
 ``/metrics``), pings answered, and the CPU the idle connections cost.
 
@@ -73,10 +74,17 @@ def run_scale(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
             time.sleep(p["settle_s"])
             rss1 = srv.rss()
             per_conn = (rss1 - rss0) / o["opened"] / 1000 if o["opened"] else None
+            bcpu, lcpu = CpuWindow(srv.pids), CpuWindow(pool.pids)  # where the broadcast's second goes
+            bcpu.start()
+            lcpu.start()
             bc = broadcast_all(pool, srv, p["broadcast_timeout"]) if o["opened"] else None
+            bcpu.stop()
+            lcpu.stop()
             ctx.log(f"  {per_conn and round(per_conn, 2)} KB per idle connection; one broadcast reached "
                     f"{bc['reached'] if bc else 0:,}: p99 {bc['ms']['p99'] if bc else None} ms, last "
-                    f"{bc['ms']['max'] if bc else None} ms")
+                    f"{bc['ms']['max'] if bc else None} ms; meanwhile the server used {bcpu.seconds:.2f} CPU "
+                    f"seconds, the load {lcpu.seconds:.2f}, the machine {bcpu.machine_pct / 100 * bcpu.wall:.2f} "
+                    f"in {bcpu.wall:.2f} s")
             m0 = _metrics(srv.port)
             scpu, gcpu = CpuWindow(srv.pids), CpuWindow(pool.pids)
             scpu.start()
@@ -100,7 +108,10 @@ def run_scale(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
                "load_processes": pool.n, "sources": sources or [HOST], "cores": plan.describe(), **o,
                "rss_before_bytes": rss0, "rss_idle_bytes": rss1, "rss_after_hold_bytes": rss2,
                "rss_per_conn_kb": round(per_conn, 2) if per_conn is not None else None,
-               "broadcast": bc, "hold_s": p["hold_s"], "held_alive": alive, "dropped_in_hold": closed,
+               "broadcast": bc, "broadcast_server_cpu": bcpu.report(), "broadcast_load_cpu": lcpu.report(),
+               "broadcast_server_us_per_delivery": round(bcpu.seconds * 1e6 / bc["reached"], 2)
+               if bc and bc["reached"] else None,
+               "hold_s": p["hold_s"], "held_alive": alive, "dropped_in_hold": closed,
                "close_codes_in_hold": close_codes, "pings_answered": sum(h["pings_answered"] for h in held),
                "server_heartbeat_timeouts": None if hb1 is None else hb1 - hb0,
                "server_connections_after_hold": server_conns,
