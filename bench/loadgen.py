@@ -754,11 +754,21 @@ class Gen:
                 await asyncio.sleep(0)
         return {"sent": sent, "worker": pub.worker}
 
-    async def cmd_collect(self, expected_each: int | None = None) -> dict[str, Any]:
+    async def cmd_collect(self, expected_each: int | None = None, arrivals_since_ns: int | None = None
+                          ) -> dict[str, Any]:
         """What the receivers saw since ``listen``; back to idle. With ``expected_each`` (the messages
         every receiver was owed), also what was lost: owed and not received as expected, received but
-        not ours, received more than once, and the receivers that closed."""
+        not ours, received more than once, and the receivers that closed. With ``arrivals_since_ns``,
+        also the histogram (us) of each receiver's first message of ours, from that time on: a message
+        sent once at that time needs no timestamp read out of every copy (see ``broadcast_all``)."""
         conns = self.listening
+        arrivals: dict[str, Any] | None = None
+        if arrivals_since_ns is not None:
+            h = Histogram()
+            for c in conns:
+                if c.first_ns:
+                    h.record((c.first_ns - arrivals_since_ns) // 1000)
+            arrivals = h.to_dict()
         counts = [c.received for c in conns]
         firsts = [c.first_ns for c in conns if c.first_ns]
         lasts = [c.last_ns for c in conns if c.last_ns]
@@ -769,7 +779,7 @@ class Gen:
             "last_ns": max(lasts) if lasts else 0,
             "hists": {str(w): h.to_dict() for w, h in self.hists.items()}, "lost_conns": self.lost,
             "unexpected": sum(c.bad_total() for c in conns), "closed": sum(c.closed for c in conns),
-            "close_codes": dict(self.close_codes)}
+            "close_codes": dict(self.close_codes), "arrivals": arrivals}
         if expected_each is not None:
             out["expected"] = expected_each * len(conns)
             out["missing"] = sum(max(0, expected_each - n) for n in counts)
