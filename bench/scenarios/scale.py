@@ -153,6 +153,12 @@ def summarize(p: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
                 lambda r: (r["broadcast"] or {}).get("ms", {}).get("p99"), note, "ms", cond)
     file_figure(summary, "scale_broadcast_all_ms", "fanwire", runs,
                 lambda r: (r["broadcast"] or {}).get("ms", {}).get("max"), note, "ms", cond)
+    file_figure(summary, "scale_broadcast_server_cpu_s", "fanwire", runs,
+                lambda r: (r.get("broadcast_server_cpu") or {}).get("cpu_s"),
+                note + "; CPU seconds from before the listen to after every receiver had the broadcast", "CPU s", cond)
+    file_figure(summary, "scale_broadcast_load_cpu_s", "fanwire", runs,
+                lambda r: (r.get("broadcast_load_cpu") or {}).get("cpu_s"),
+                note + "; CPU seconds from before the listen to after every receiver had the broadcast", "CPU s", cond)
     file_figure(summary, "scale_idle_server_cpu_pct", "fanwire", every_run,
                 lambda r: r["hold_server_cpu"]["cpu_pct"],
                 note + f"; heartbeats every {p['ping_interval']} s", "%", cond)
