@@ -171,7 +171,7 @@ def fmt_value(value: float | None, unit: str) -> str:
     v = float(value)
     if unit == "%" and 99.0 <= v <= 100.0:  # a delivered fraction: a loss must never round up to 100
         return "100.00" if v == 100.0 else f"{math.floor(v * 10000) / 10000:.4f}"
-    if unit in ("ms", "us", "KB", "x", "%", "s"):
+    if unit in ("ms", "us", "KB", "x", "%", "s", "CPU s"):
         if v == 0:
             return "0"
         digits = max(0, min(2, 2 - int(_floor_log10(abs(v)))))

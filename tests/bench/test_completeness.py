@@ -152,6 +152,11 @@ def test_a_loss_never_prints_as_100_percent() -> None:
     assert fmt_value(42.0, "%") == "42.0"
 
 
+def test_cpu_seconds_keep_their_decimals() -> None:
+    assert fmt_value(1.604, "CPU s") == "1.60"  # not rounded to "2" like a count
+    assert fmt_value(0.193, "CPU s") == "0.19"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0, max_value=5), st.integers(min_value=1, max_value=40),
        st.lists(st.integers(min_value=-3, max_value=50), max_size=120))
