@@ -265,6 +265,18 @@ def positions(payloads: list[bytes]) -> list[int]:
     return [decode(p).n for p in payloads]
 
 
+def assert_in_order(peer: Peer, n: int) -> None:
+    """The peer read the ``n`` messages sequenced, each once, in order, with offsets 1..n."""
+    assert positions(peer.payloads()) == list(range(n))
+    assert offsets(peer.payloads()) == list(range(1, n + 1))
+
+
+async def close_all(bus: PipeBus, socks: list[socket.socket]) -> None:
+    await bus.close()
+    for s in socks:
+        s.close()
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_pipebus_pushes_back_when_a_peer_stops_reading(loop: str) -> None:
     high, low, size = 256 * 1024, 64 * 1024, 2000
@@ -314,12 +326,9 @@ def test_pipebus_pushes_back_when_a_peer_stops_reading(loop: str) -> None:
 
         await wait_for(lambda: peer.read_some() == 0 and bus.peers[1].queued == 0
                        and len(peer.payloads()) == sent)
-        assert positions(peer.payloads()) == list(range(sent))  # nothing lost, in order
-        assert offsets(peer.payloads()) == list(range(1, sent + 1))
+        assert_in_order(peer, sent)  # nothing lost
         assert m.bus_dropped == {}
-        await bus.close()
-        for s in socks:
-            s.close()
+        await close_all(bus, socks)
 
     run(main(), loop)
 
@@ -392,14 +401,11 @@ def test_an_owner_holds_other_workers_submissions_while_its_queue_to_a_slow_peer
         while len(peer.payloads()) < offered:  # the peer reads again: everything comes, in order
             if peer.read_some() == 0:
                 await asyncio.sleep(0.001)
-        assert positions(peer.payloads()) == list(range(offered))
-        assert offsets(peer.payloads()) == list(range(1, offered + 1))
+        assert_in_order(peer, offered)
         assert [bf.parse_seq(b)[:2] for k, b in peer.records if k == bf.SEQ] == [(1, i + 1) for i in range(offered)]
         assert len(rec_of(bus).got) == offered and not bus.streams.backlog
         assert m.bus_dropped == {}
-        await bus.close()
-        for s in socks:
-            s.close()
+        await close_all(bus, socks)
 
     run(main(), loop)
 
