@@ -8,10 +8,12 @@ Writes are batched per event-loop tick and never block. A peer that cannot take 
 bus pushes back instead of dropping: above ``high_water`` bytes waiting (queued or still pending this tick),
 or above ``high_water`` bytes of this worker's submissions not answered yet by their streams' owners,
 :meth:`PipeBus.congested` is true, and the worker stops reading from the clients that publish until
-:meth:`PipeBus.on_drained` calls them back (below ``low_water``), in the order they were held. An owner that
-is congested also holds the SUBMITs of the other workers, in order, until it has drained (each sequenced
-message goes to every worker; the submitters wait meanwhile, their own in-flight bytes bounded), so what
-one worker's clients publish cannot pile up in the owner's queue to a slow peer. Only past ``max_queue``
+:meth:`PipeBus.on_drained` calls them back (below ``low_water``), in the order they were held. An owner with
+more than ``high_water`` bytes waiting to be sent also holds the SUBMITs of the other workers, in order,
+until that has drained (:meth:`PipeBus.on_sent`; each sequenced message goes to every worker, and the
+submitters wait meanwhile, their own in-flight bytes bounded), so what one worker's clients publish cannot
+pile up in the owner's queue to a slow peer. Its own unanswered submissions do not count for that: two
+owners each waiting for the other's answers would otherwise hold each other's SUBMITs forever. Only past ``max_queue``
 is anything dropped, and then it is counted (``queue_full``).
 
 Peers announce themselves with HELLO and leave with BYE, sent by the peer itself when it stops, or on its
@@ -115,7 +117,8 @@ class PipeBus(Bus):
         self.low_water = low_water
         self._pending_bytes = 0  # records enqueued this tick, not yet flushed
         self._backlog = 0  # bytes queued for all peers (the socket would not take them yet)
-        self._drained: list[Callable[[], None]] = []
+        self._drained: list[Callable[[], None]] = []  # held publishers (on_drained)
+        self._sending: list[Callable[[], None]] = []  # an owner's held SUBMITs (on_sent)
         self.heartbeat_s = heartbeat_s
         self.peer_timeout_s = peer_timeout_s
         self.boot_ts_ms = int(time.time() * 1000) if boot_ts_ms is None else boot_ts_ms
@@ -216,13 +219,18 @@ class PipeBus(Bus):
         return peer.worker if peer is not None else -1
 
     def congested(self) -> bool:
-        return (self._pending_bytes + self._backlog > self.high_water
-                or self.streams.inflight > self.high_water)
+        return self.sending_congested() or self.streams.inflight > self.high_water
+
+    def sending_congested(self) -> bool:
+        return self._pending_bytes + self._backlog > self.high_water
+
+    def _sent(self) -> bool:
+        """What waits to be sent is low enough again (the low-water side of :meth:`sending_congested`)."""
+        return not self._pending_bytes and self._backlog < self.low_water
 
     def _calm(self) -> bool:
         """Low enough again to let held publishers go on (the low-water side of :meth:`congested`)."""
-        return (not self._pending_bytes and self._backlog < self.low_water
-                and self.streams.inflight <= self.low_water)
+        return self._sent() and self.streams.inflight <= self.low_water
 
     def credit_returned(self) -> None:
         if self._drained and self._calm():
@@ -234,12 +242,29 @@ class PipeBus(Bus):
         if not self.congested():
             self._release()
 
+    def on_sent(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once, from the loop) when the bus is no longer :meth:`sending_congested`."""
+        self._sending.append(callback)
+        if not self.sending_congested():
+            self._release()
+
     def _release(self) -> None:
+        """Call back, from the loop, the waiters whose condition holds: :meth:`on_sent`'s, then
+        :meth:`on_drained`'s."""
         if self._loop is None:
             return
-        waiting, self._drained = self._drained, []
-        for cb in waiting:
-            self._loop.call_soon(cb)
+        if self._sending and (self._sent() or not self.sending_congested()):
+            waiting, self._sending = self._sending, []
+            for cb in waiting:
+                self._loop.call_soon(cb)
+        if self._drained and (self._calm() or not self.congested()):
+            waiting, self._drained = self._drained, []
+            for cb in waiting:
+                self._loop.call_soon(cb)
+
+    def _check_release(self) -> None:
+        if (self._sending and self._sent()) or (self._drained and self._calm()):
+            self._release()
 
     def _enqueue(self, peer: _Peer, rec: bytes) -> None:
         self._pending_bytes += len(rec)
@@ -257,8 +282,7 @@ class PipeBus(Bus):
             if peer.pending:
                 records, peer.pending = peer.pending, []
                 self._send_records(peer, records)
-        if self._drained and self._calm():
-            self._release()
+        self._check_release()
 
     def _send_records(self, peer: _Peer, records: list[bytes], force: bool = False) -> None:
         m = self.metrics
@@ -311,8 +335,7 @@ class PipeBus(Bus):
             peer.writing = False
             if self._loop is not None:
                 self._loop.remove_writer(peer.sock.fileno())
-        if self._drained and self._calm():
-            self._release()
+        self._check_release()
 
     def _forget(self, peer: _Peer) -> None:
         """The peer is gone: what was queued for it has nobody to reach."""
@@ -324,8 +347,7 @@ class PipeBus(Bus):
         if peer.writing and self._loop is not None:
             peer.writing = False
             self._loop.remove_writer(peer.sock.fileno())
-        if self._drained and self._calm():
-            self._release()
+        self._check_release()
         if was_alive:
             self.streams.peer_gone(peer.endpoint)
 

@@ -115,11 +115,12 @@ class Transport(Protocol):
 
     def slot_of(self, endpoint: int) -> int: ...
 
-    def congested(self) -> bool:
-        """Too much waits to be sent to the peers (see :class:`~.pipebus.PipeBus`)."""
+    def sending_congested(self) -> bool:
+        """Too much waits to be sent to the peers (see :class:`~.pipebus.PipeBus`); unlike ``congested``, not
+        counting our own unanswered submissions: this drains whatever the other workers do."""
 
-    def on_drained(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once, from the loop, when the bus is no longer congested."""
+    def on_sent(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, from the loop, when the bus is no longer :meth:`sending_congested`."""
 
     def credit_returned(self) -> None:
         """Our submissions in flight (:attr:`PipeStreams.inflight`) went down: publishers held may go on."""
@@ -612,12 +613,14 @@ class PipeStreams:
                 self.t.send(meta[-1], bf.HIST_REP, bf.meta_body(ticket, [RETRY, "", 0, None, []]))
                 return
             if kind == bf.SUBMIT:
-                if not from_backlog and (self.backlog or self.t.congested()):
+                if not from_backlog and (self.backlog or self.t.sending_congested()):
                     # what we send to everyone waits to go out: the SUBMITs wait here, in order, so our
-                    # queues to slow peers stay bounded (their submitters are bounded by their own inflight)
+                    # queues to slow peers stay bounded (their submitters are bounded by their own inflight).
+                    # Only our queues count: were our own unanswered submissions to count, two owners each
+                    # waiting for the other's answers would hold each other's SUBMITs forever.
                     self.backlog.append(body)
                     if len(self.backlog) == 1:
-                        self.t.on_drained(self._drain_backlog)
+                        self.t.on_sent(self._drain_backlog)
                     return
                 _, room, ts_ms, identity, msg_id, origin = meta
                 self._sequence(stream, room, rest, ts_ms, identity, msg_id, origin, ticket, None)
@@ -649,8 +652,8 @@ class PipeStreams:
         """The bus drained: sequence the SUBMITs held, in order, until it is congested again."""
         backlog = self.backlog
         while backlog and not self.closed:
-            if not force and self.t.congested():
-                self.t.on_drained(self._drain_backlog)
+            if not force and self.t.sending_congested():
+                self.t.on_sent(self._drain_backlog)
                 return
             self._for_owner(bf.SUBMIT, backlog.popleft(), from_backlog=True)
 

@@ -24,6 +24,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from server.security import auth
+from server.streams.owner import owner_slot
 
 from ..conftest import SECRET
 from ..helpers import (
@@ -382,16 +383,23 @@ def _blast(port: int, n: int, frame: bytes) -> None:
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_big_chats_to_an_empty_room_cost_no_other_client_a_message(workers: int) -> None:
-    """(With 3 workers the owner of the empty room may be a third one, whose queue to the slow worker fills
-    with what the others submit.)"""
+@pytest.mark.parametrize("rooms", [1, 2])
+def test_big_chats_to_an_empty_room_cost_no_other_client_a_message(workers: int, rooms: int) -> None:
+    """One empty room: its sequencing worker sends every chat back to every worker (with 3 workers, a third
+    one's queue to the slow worker fills with what the others submit). Two empty rooms sequenced by two
+    different workers: each worker also has big submissions in flight to the other."""
     with ServerProcess(workers=workers) as srv:
         async def main() -> None:
             by_worker = await connect_spread(srv.url, workers)
             sender, receiver = by_worker[0][0], by_worker[1][0]
             await request(receiver, {"type": "join", "room": "numbers"})
-            big = mask_frame(0x1, orjson.dumps({"type": "chat", "room": "nobody-here", "text": "y" * ((1 << 20) - 100)}))
-            blasters = [threading.Thread(target=_blast, args=(srv.port, 30, big), daemon=True) for _ in range(6)]
+            names = ["nobody-here"] if rooms == 1 else [
+                next(f"nobody-here-{i}" for i in range(1000) if owner_slot(f"nobody-here-{i}", workers) == slot)
+                for slot in (0, 1)]
+            bigs = [mask_frame(0x1, orjson.dumps({"type": "chat", "room": room, "text": "y" * ((1 << 20) - 100)}))
+                    for room in names]
+            blasters = [threading.Thread(target=_blast, args=(srv.port, 30, bigs[i % len(bigs)]), daemon=True)
+                        for i in range(6)]
             for t in blasters:
                 t.start()
             n = 300

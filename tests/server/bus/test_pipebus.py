@@ -460,6 +460,34 @@ def test_a_worker_whose_submissions_are_not_answered_yet_holds_its_publishers(lo
     run(main(), loop)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_two_owners_each_congested_by_its_own_submissions_to_the_other_still_answer(loop: str) -> None:
+    """Each worker owns a stream the other publishes to, and each has more than high water of submissions in
+    flight to the other at once. An owner holds other workers' SUBMITs only while its *queues* are full
+    (they drain whatever happens), never because of its own unanswered submissions: held for that, each
+    would wait for the other forever."""
+    high, size, n = 64 * 1024, 4000, 40  # 160 KB in flight each way
+
+    async def main() -> None:
+        group = PipeGroup(2)
+        try:
+            buses = [await group.add(ep, ep, high_water=high, low_water=high // 4) for ep in range(2)]
+            await see_each_other(buses)
+            out = Outcomes()
+            keys = []
+            for i in range(n):
+                for src, bus in enumerate(buses):
+                    keys.append(submit(bus, out, stream_of(1 - src, 2)[0], src, i, pad=b"x" * size))
+            assert all(bus.congested() for bus in buses)  # each has more than high water in flight
+            await out.wait(keys, T(5))
+            assert all(out.ok(k) for k in keys)
+            await wait_for(lambda: not any(b.congested() or b.streams.backlog for b in buses))
+        finally:
+            await group.aclose()
+
+    run(main(), loop)
+
+
 def rec_of(bus: PipeBus) -> Recorder:
     handler = bus._handler
     assert isinstance(handler, Recorder)
