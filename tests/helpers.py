@@ -44,6 +44,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 _WORKER_RE = re.compile(r"fanwire: worker (\d+) pid (\d+) listening")
 
 
+def pid_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in /proc (``Z``: exited, not reaped yet), None when it is gone (the
+    process may also go between opening its stat file and reading it: ``ProcessLookupError``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 class ServerProcess:
     """``python -m server`` as a real child process.
 
@@ -134,13 +144,9 @@ class ServerProcess:
         deadline = time.monotonic() + T(timeout)
         for pid in pids:
             while True:
-                try:
-                    with open(f"/proc/{pid}/stat") as f:
-                        state = f.read().rsplit(")", 1)[1].split()[0]
-                except FileNotFoundError:
-                    break
-                if state == "Z":
-                    break  # exited; the supervisor reaps it on its next wake-up
+                state = pid_state(pid)
+                if state is None or state == "Z":
+                    break  # gone, or exited (the supervisor reaps it on its next wake-up)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"pid {pid} still running:\n{self.output()}")
                 time.sleep(0.02)

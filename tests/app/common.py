@@ -12,7 +12,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from ..helpers import T, recv, send
+from ..helpers import T, pid_state, recv, send
 
 _ids = itertools.count(1000)
 
@@ -57,15 +57,6 @@ async def collect(ws: ClientConnection, ids: Iterable[Any], timeout: float = 10.
             got.append(msg)
             want.discard(msg["id"])
     return got
-
-
-def pid_state(pid: int) -> str | None:
-    """The state letter of ``pid`` in /proc (``Z``: exited, not reaped yet), None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
 
 
 def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
