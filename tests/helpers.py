@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,17 @@ def pid_state(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
+    """The pids still running (not gone, not a zombie) after waiting up to ``timeout`` seconds."""
+    deadline = time.monotonic() + T(timeout)
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if pid_state(p) not in (None, "Z")]
+        if left:
+            time.sleep(0.02)
+    return left
 
 
 class ServerProcess:
@@ -141,15 +152,9 @@ class ServerProcess:
 
     def wait_pids_gone(self, pids: Sequence[int], timeout: float = 15.0) -> None:
         """Wait until these processes (e.g. workers retired by a rolling restart) have exited and been reaped."""
-        deadline = time.monotonic() + T(timeout)
-        for pid in pids:
-            while True:
-                state = pid_state(pid)
-                if state is None or state == "Z":
-                    break  # gone, or exited (the supervisor reaps it on its next wake-up)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"pid {pid} still running:\n{self.output()}")
-                time.sleep(0.02)
+        left = wait_gone(pids, timeout)  # (an exited one may still be a zombie: its supervisor reaps it soon)
+        if left:
+            raise TimeoutError(f"pids {left} still running:\n{self.output()}")
 
     def output(self) -> str:
         with self._lock:

@@ -59,17 +59,6 @@ async def collect(ws: ClientConnection, ids: Iterable[Any], timeout: float = 10.
     return got
 
 
-def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
-    """The pids still running (not gone, not a zombie) after waiting up to ``timeout`` seconds."""
-    deadline = time.monotonic() + T(timeout)
-    left = list(pids)
-    while left and time.monotonic() < deadline:
-        left = [p for p in left if pid_state(p) not in (None, "Z")]
-        if left:
-            time.sleep(0.02)
-    return left
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

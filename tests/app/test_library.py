@@ -16,8 +16,8 @@ import websockets
 from server import Accept, App, Context, Refuse, Request, Server
 from server.errors import ConfigError
 
-from ..helpers import PYTHON, ServerProcess, T, connect, connect_spread, recv_until, send
-from .common import alive, call, collect, run, unique, wait_gone
+from ..helpers import PYTHON, ServerProcess, T, connect, connect_spread, recv_until, send, wait_gone
+from .common import alive, call, collect, run, unique
 
 # --- an application with hooks and its own authentication ---------------------------------------------------
 

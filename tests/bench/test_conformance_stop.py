@@ -4,6 +4,7 @@ the test needs no Python 2.7; the servers are the real ones."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,36 +14,30 @@ from pathlib import Path
 
 from bench.conformance import AUTOBAHN_VERSION, ROOT
 
-from ..helpers import T
+from ..helpers import T, pid_state, wait_gone
 
 
-def _ppid_and_state(pid: int) -> tuple[int, str] | None:
+def _ppid(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[1]), fields[0]
+    return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
 def _descendants(root: int) -> set[int]:
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            ps = _ppid_and_state(int(entry))
-            if ps is not None:
-                parents[int(entry)] = ps[0]
+            ppid = _ppid(int(entry))
+            if ppid is not None:
+                parents[int(entry)] = ppid
     found: set[int] = set()
     frontier = {root}
     while frontier:
         frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
         found |= frontier
     return found
-
-
-def _running(pid: int) -> bool:
-    ps = _ppid_and_state(pid)
-    return ps is not None and ps[1] != "Z"
 
 
 def test_sigterm_stops_every_process_a_conformance_run_started(tmp_path: Path) -> None:
@@ -69,15 +64,13 @@ def test_sigterm_stops_every_process_a_conformance_run_started(tmp_path: Path) -
         assert len(children) >= 4, children  # wstest, websockets' echo, fanwire's supervisor and its worker
         run.send_signal(signal.SIGTERM)
         out = run.communicate(timeout=T(60))[0].decode(errors="replace")
-        deadline = time.monotonic() + T(20)
-        while any(_running(p) for p in children) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [p for p in children if _running(p)], out
+        assert not wait_gone(children, 20), out
         assert run.returncode == 128 + signal.SIGTERM, out
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
         for pid in children:  # only what this test's run started
-            if _running(pid):
-                os.kill(pid, signal.SIGKILL)
+            if pid_state(pid) not in (None, "Z"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
