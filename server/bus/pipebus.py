@@ -233,8 +233,7 @@ class PipeBus(Bus):
         return self._sent() and self.streams.inflight <= self.low_water
 
     def credit_returned(self) -> None:
-        if self._drained and self._calm():
-            self._release()
+        self._check_release()
 
     def on_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (once, from the loop) when the bus is no longer congested."""
@@ -249,20 +248,23 @@ class PipeBus(Bus):
             self._release()
 
     def _release(self) -> None:
-        """Call back, from the loop, the waiters whose condition holds: :meth:`on_sent`'s, then
-        :meth:`on_drained`'s."""
-        if self._loop is None:
+        """Call back, from the loop, the waiters whose condition holds (:meth:`on_sent`'s, then
+        :meth:`on_drained`'s): the bus is not congested in their sense (``low_water`` < ``high_water``, so
+        :meth:`_sent` and :meth:`_calm` imply it)."""
+        loop = self._loop
+        if loop is None:
             return
-        if self._sending and (self._sent() or not self.sending_congested()):
+        if self._sending and not self.sending_congested():
             waiting, self._sending = self._sending, []
             for cb in waiting:
-                self._loop.call_soon(cb)
-        if self._drained and (self._calm() or not self.congested()):
+                loop.call_soon(cb)
+        if self._drained and not self.congested():
             waiting, self._drained = self._drained, []
             for cb in waiting:
-                self._loop.call_soon(cb)
+                loop.call_soon(cb)
 
     def _check_release(self) -> None:
+        """Release the waiters once below low water (the hysteresis: held until then)."""
         if (self._sending and self._sent()) or (self._drained and self._calm()):
             self._release()
 
