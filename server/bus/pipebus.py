@@ -13,8 +13,8 @@ more than ``high_water`` bytes waiting to be sent also holds the SUBMITs of the 
 until that has drained (:meth:`PipeBus.on_sent`; each sequenced message goes to every worker, and the
 submitters wait meanwhile, their own in-flight bytes bounded), so what one worker's clients publish cannot
 pile up in the owner's queue to a slow peer. Its own unanswered submissions do not count for that: two
-owners each waiting for the other's answers would otherwise hold each other's SUBMITs forever. Only past ``max_queue``
-is anything dropped, and then it is counted (``queue_full``).
+owners each waiting for the other's answers would otherwise hold each other's SUBMITs forever. Only past
+``max_queue`` is anything dropped, and then it is counted (``queue_full``).
 
 Peers announce themselves with HELLO and leave with BYE, sent by the peer itself when it stops, or on its
 behalf by the supervisor when it dies; a peer that is only busy (silent past ``peer_timeout_s``) is

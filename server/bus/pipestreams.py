@@ -169,7 +169,7 @@ class PipeStreams:
         self.early: list[tuple[int, bytes]] = []  # (kind, body) for our slot, before we own it
         self.pending: dict[int, tuple[Done, int]] = {}  # ticket -> (done, owner endpoint asked)
         self.inflight = 0  # bytes of our submissions not answered yet (see submit)
-        self.backlog: deque[bytes] = deque()  # SUBMITs of other workers held while we are congested
+        self.backlog: deque[bytes] = deque()  # other workers' SUBMITs held while our queues are over high water
         self.hist_pending: dict[int, _Asked] = {}
         self.tickets = itertools.count(1)
         self.moving_acks: set[int] | None = None  # endpoints we wait for while handing over
@@ -649,7 +649,7 @@ class PipeStreams:
             forward(owner)
 
     def _drain_backlog(self, force: bool = False) -> None:
-        """The bus drained: sequence the SUBMITs held, in order, until it is congested again."""
+        """Our queues drained: sequence the SUBMITs held, in order, until they are over high water again."""
         backlog = self.backlog
         while backlog and not self.closed:
             if not force and self.t.sending_congested():
