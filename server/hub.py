@@ -66,8 +66,8 @@ S = TypeVar("S", bound=Sink)
 class Hub(Generic[S]):
     """A worker's open connections and rooms; fans messages out and writes each connection once per tick."""
 
-    __slots__ = ("batches", "conns", "dirty", "gc_paused", "last_batch", "loop", "max_queue", "metrics",
-                 "on_members", "rooms", "scheduled")
+    __slots__ = ("batches", "before_flush", "conns", "dirty", "gc_paused", "last_batch", "loop", "max_queue",
+                 "metrics", "on_members", "rooms", "scheduled")
 
     def __init__(self, metrics: Metrics, max_queue: int) -> None:
         self.metrics = metrics
@@ -82,6 +82,9 @@ class Hub(Generic[S]):
         self.loop: asyncio.AbstractEventLoop | None = None
         # called with (room, local member count) on every join and leave: the bus's hook (Bus.room_members)
         self.on_members: Callable[[str, int], None] | None = None
+        # called at the start of every flush: the bus's hook (Bus.send_now), so the other workers get
+        # what this tick sequenced before this worker writes to its clients
+        self.before_flush: Callable[[], None] | None = None
 
     # --- membership ---------------------------------------------------------------------------------
 
@@ -149,6 +152,8 @@ class Hub(Generic[S]):
         A connection's ``out`` holds all it is owed this tick: its own list, or the frame list of a fan-out
         batch it is still a member of (see :meth:`deliver`)."""
         self.scheduled = False
+        if self.before_flush is not None:
+            self.before_flush()
         dirty, self.dirty = self.dirty, []
         batches, self.batches = self.batches, []
         self.last_batch.clear()

@@ -70,6 +70,7 @@ class Worker:
         self.metrics = metrics
         self.hub: Hub[Conn] = Hub(metrics, cfg.max_queue)
         self.hub.on_members = bus.room_members
+        self.hub.before_flush = bus.send_now
         self.tasks: set[asyncio.Task[Any]] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._stopped: asyncio.Future[None] | None = None

@@ -103,6 +103,9 @@ class NodeBus(Bus):
     def prune(self, now: float) -> None:
         self.local.prune(now)
 
+    def send_now(self) -> None:
+        self.local.send_now()
+
     def congested(self) -> bool:
         return self.local.congested() or self.remote.congested()
 

@@ -275,6 +275,10 @@ class PipeBus(Bus):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
+    def send_now(self) -> None:
+        if self._flush_scheduled:
+            self._flush()  # the scheduled call then finds nothing queued
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._closed:

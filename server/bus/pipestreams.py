@@ -3,8 +3,10 @@ stream its offset, keeps its history, and sends it to every worker in that order
 
 The owner of a stream is the worker of slot ``owner_slot(stream, workers)`` (:mod:`server.streams.owner`).
 A worker submits a message to the owner (``SUBMIT``); the owner appends it to its :class:`StreamTable`,
-delivers it to its own receivers and sends it to every worker (``SEQ``, carrying the submitter's ticket,
-so the submitter learns its offset when the message reaches it, after its own receivers got it). A resend
+sends it to every worker (``SEQ``, carrying the submitter's ticket, so the submitter learns its offset
+when the message reaches it, after its own receivers got it) and delivers it to its own receivers; the
+``SEQ`` leaves before the owner's writes to its clients (``Bus.send_now``), so every worker fans it out
+at once. A resend
 within the dedup window gets ``OUTCOME`` with the first offset instead. A join asks the owner for the
 stream's position and history (``HIST_REQ``/``HIST_REP``); since the owner's pipe to each worker is FIFO,
 every live message a worker receives after the answer comes after the answer's ``latest``.
@@ -470,11 +472,11 @@ class PipeStreams:
             else:
                 self.t.send(origin, bf.OUTCOME, bf.meta_body(ticket, [a.offset, a.epoch, True, None]))
             return
+        body = bf.seq_body(bf.NO_ORIGIN if origin is None else origin, ticket, room, a.payload)
+        for ep in self.t.live_endpoints():  # queued first: sent before this tick's writes to our clients
+            self.t.send(ep, bf.SEQ, body)
         if self.handler is not None:
             self.handler.on_publication(Publication(room, a.payload, ts_ms, str(self.slot)))
-        body = bf.seq_body(bf.NO_ORIGIN if origin is None else origin, ticket, room, a.payload)
-        for ep in self.t.live_endpoints():
-            self.t.send(ep, bf.SEQ, body)
         if done is not None:
             done(outcome)
 

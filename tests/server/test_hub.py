@@ -305,6 +305,26 @@ def test_one_write_per_connection_per_tick(loop: asyncio.AbstractEventLoop) -> N
     assert a.out is None and b.out is None and hub.dirty == [] and not hub.scheduled
 
 
+def test_a_flush_calls_before_flush_first_then_writes(loop: asyncio.AbstractEventLoop) -> None:
+    """The worker hooks the bus's ``send_now`` here: what this tick sequenced leaves for the other workers
+    before this worker writes a fan-out's frames to its own clients."""
+    hub = new_hub(loop)
+    sinks = [_Sink() for _ in range(40)]  # a batched fan-out, and a reply
+    hub.add(sinks[0], ())
+    for s in sinks:
+        hub.add(s, ["room"])
+    seen: list[int] = []  # frames written when the hook ran
+    hub.before_flush = lambda: seen.append(sum(len(s.t.calls) for s in sinks))
+    hub.deliver("room", b'{"type":"chat","text":"hi"}', "chat")
+    hub.push(sinks[0], b"reply")
+    assert seen == []  # not before the tick ends
+    tick(loop)
+    assert seen == [0]  # once, before any write
+    assert all(s.t.calls for s in sinks)
+    hub.flush()  # a flush with nothing queued still calls it (the bus may have queued alone)
+    assert seen == [0, 40]
+
+
 def test_flush_is_scheduled_once_per_tick(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     hub = new_hub(loop)
     scheduled: list[Callable[[], None]] = []

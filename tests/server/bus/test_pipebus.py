@@ -334,6 +334,36 @@ def test_pipebus_pushes_back_when_a_peer_stops_reading(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_send_now_sends_what_this_tick_sequenced_at_once(loop: str) -> None:
+    """The hub calls ``send_now`` before it writes a tick's output to its clients: a message the owner
+    sequenced this tick must be on its way to the other workers by then (their fan-out runs beside ours),
+    and only once."""
+
+    async def main() -> None:
+        m = Metrics()
+        bus, peer, socks = await bus_with_a_silent_peer(m)
+        await ticks(3)
+        peer.read_some()  # what the greeting brought
+        out = Outcomes()
+        bus.submit(sub(0, 100), out.done(0))
+        assert peer.read_some() == 0  # queued: the bus flushes at the end of the tick
+        bus.send_now()
+        assert peer.read_some() > 0
+        assert_in_order(peer, 1)
+        bus.send_now()  # nothing queued: nothing sent
+        await ticks(3)  # nor by the flush that was scheduled
+        assert peer.read_some() == 0
+        assert_in_order(peer, 1)
+        bus.submit(sub(1, 100), out.done(1))  # and the next tick's message takes the usual way
+        await wait_for(lambda: peer.read_some() == 0 and len(peer.payloads()) == 2)
+        assert_in_order(peer, 2)
+        assert m.bus_dropped == {}
+        await close_all(bus, socks)
+
+    run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_pipebus_drops_past_max_queue_and_counts_them(loop: str) -> None:
     max_queue, size, offered = 64 * 1024, 3000, 60
 
