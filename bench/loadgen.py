@@ -22,11 +22,10 @@ than the servers it was meant to load), so each load process speaks just enough 
   connections closed, so the parent can mark a window invalid when anything was lost.
 
 The parent (:class:`LoadPool`) sends each process a command over a pipe (``open``, ``pingpong``,
-``openloop``, ``listen``, ``publish``, ``progress``, ``collect``, ``wait_all``, ``hold``, ``count``, ``close``,
-``quit``; ``recovery_open``, ``recovery_run``, ``recovery_settle``, ``recovery_close`` drive the v1.1
-subscribers of :mod:`bench.recoveryload`) with
-absolute start
-times on the shared ``CLOCK_MONOTONIC``, so all processes start and measure the same window. Every loop
+``openloop``, ``listen``, ``hush``, ``arrivals``, ``publish``, ``progress``, ``collect``, ``wait_all``,
+``hold``, ``count``, ``close``, ``quit``; ``recovery_open``, ``recovery_run``, ``recovery_settle``,
+``recovery_close`` drive the v1.1 subscribers of :mod:`bench.recoveryload`) with absolute start times
+on the shared ``CLOCK_MONOTONIC``, so all processes start and measure the same window. Every loop
 is bounded by a count and a deadline; a process whose parent disappears exits.
 """
 
@@ -51,6 +50,7 @@ from typing import Any
 import msgpack
 import orjson
 
+from .arrival import ArrivalWatch
 from .hist import Histogram
 from .procstat import pin
 from .recoveryload import RecoveryLoad
@@ -446,6 +446,8 @@ class Gen:
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.ppid = os.getppid()
         self.recovery: RecoveryLoad | None = None  # the recovery scenario's subscribers and publisher
+        self.listen_expect: Expect | None = None  # what a message of the current ``listen`` looks like
+        self.watch: ArrivalWatch | None = None  # the listeners, unread while one broadcast arrives (``hush``)
 
     async def main(self) -> None:
         self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
@@ -703,7 +705,7 @@ class Gen:
         self.w1 = int(w1 * 1e9)
         self.win_rx = self.win_replies = self.rx_total = 0
         self.hists = {}
-        exp = Expect((marker.encode(),), head=256)
+        exp = self.listen_expect = Expect((marker.encode(),), head=256)
         sampled = 0
         self.listening = self.alive()
         for i, c in enumerate(self.listening):
@@ -721,6 +723,65 @@ class Gen:
                 c.hist = None
         return {"listening": len(self.listening), "sampled": sampled}
 
+    async def cmd_hush(self) -> dict[str, Any]:
+        """Have the kernel stamp what arrives on the connections of the current ``listen``
+        (:class:`~bench.arrival.ArrivalWatch`), for ``arrivals``; they are read as usual meanwhile."""
+        if self.watch is not None or self.listen_expect is None:
+            raise LoadError("hush needs a listen, and no hush in progress")
+        self.watch = ArrivalWatch(self.listening, self.listen_expect)
+        return {"hushed": len(self.watch.socks)}
+
+    async def cmd_arrivals(self, start_at: float, timeout: float, publish: dict[str, Any] | None = None
+                           ) -> dict[str, Any]:
+        """Stop this process's event loop from ``start_at`` (monotonic) on, so no client reads and the load
+        idles, until one message of ours has arrived on every connection of the ``hush`` (or ``timeout``
+        seconds); with ``publish`` (``marker``, ``size``), send that broadcast at ``start_at`` first. The
+        clients then read again. Returns the histogram (us) of the kernel's arrival stamps from
+        ``start_at`` on, and what was not stamped; ``late_start`` when this process got the command after
+        ``start_at`` (the receivers may have read some messages before they were stamped)."""
+        watch = self.watch
+        if watch is None:
+            raise LoadError("arrivals without a hush")
+        sent = 0
+        try:
+            watch.arm()
+            slack = start_at - time.monotonic()
+            late_start = slack <= 0
+            while (d := start_at - time.monotonic()) > 0:
+                time.sleep(d)  # blocking, on purpose: the event loop must not run (nor read) until the end
+            conns = self.alive()
+            if publish is not None and conns and conns[0].transport is not None:
+                ts = int(start_at * 1e9)
+                conns[0].transport.write(self._publish_frame("broadcast", "json", ts, publish["marker"],
+                                                             publish["size"]))
+                sent = 1
+            watch.wait(start_at + timeout)
+        finally:
+            watch.close()
+            self.watch = None
+        since = int(start_at * 1e9)
+        h = Histogram()
+        per_worker: dict[int, Histogram] = {}
+        for ts, r in zip(watch.stamps, watch.whose, strict=True):
+            us = (ts - since) // 1000
+            h.record(us)
+            w = getattr(r, "worker", -1)
+            hw = per_worker.get(w)
+            if hw is None:
+                hw = per_worker[w] = Histogram()
+            hw.record(us)
+        return {"sent": sent, "late_start": late_start, "slack_ms": round(slack * 1000, 1), "arrivals": h.to_dict(),
+                "per_worker": {str(w): hw.to_dict() for w, hw in per_worker.items()}, "stamped": len(watch.stamps),
+                "late": watch.late, "by_poll": watch.by_poll, "not_ours": watch.other, "unarrived": len(watch.pending),
+                "ended": watch.ended, "controls": watch.controls}
+
+    def _publish_frame(self, kind: str, codec: str, ts: int, marker: str, size: int) -> bytes:
+        """A masked ``kind`` message (broadcast or chat) carrying ``ts`` and our ``marker`` at the start of
+        its ``text``, padded to about ``size`` bytes."""
+        msg = {"type": kind, "text": f"{ts} {marker}{'x' * max(0, size - 60 - len(marker))}"}
+        data = orjson.dumps(msg) if codec == "json" else bytes(msgpack.packb(msg))
+        return masked_frame(OP_TEXT if codec == "json" else OP_BINARY, data, self.mask)
+
     async def cmd_publish(self, rate: float, start_at: float, count: int, marker: str, codec: str = "json",
                           size: int = 100, kind: str = "broadcast") -> dict[str, Any]:
         """Send ``count`` messages of ``kind`` (broadcast or chat) from this process's first connection,
@@ -730,9 +791,6 @@ class Gen:
         if not conns:
             raise LoadError("no open connection to publish from")
         pub = conns[0]
-        opcode = OP_TEXT if codec == "json" else OP_BINARY
-        mask = self.mask
-        pad = marker + "x" * max(0, size - 60 - len(marker))
         t0 = int(start_at * 1e9)
         interval = 1e9 / rate if rate else 0.0
         sent = 0
@@ -745,10 +803,8 @@ class Gen:
             if ts > now:
                 await wait_until(ts)
                 continue
-            msg = {"type": kind, "text": f"{ts} {pad}"}
-            data = orjson.dumps(msg) if codec == "json" else bytes(msgpack.packb(msg))
             if pub.transport is not None:
-                pub.transport.write(masked_frame(opcode, data, mask))
+                pub.transport.write(self._publish_frame(kind, codec, ts, marker, size))
             sent += 1
             if sent % 64 == 0:
                 await asyncio.sleep(0)

@@ -41,6 +41,7 @@ __all__ = [
     "FrameCounter",
     "FrameReader",
     "expected_accept",
+    "frame_header",
     "handshake_request",
     "masked_frame",
     "new_key",
@@ -95,6 +96,20 @@ def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
     else:
         head = _H64(b0, 0x80 | 127, n)
     return head + mask + _apply_mask(payload, mask)
+
+
+def frame_header(data: bytes) -> tuple[int, int, int] | None:
+    """``(byte 0, header length, payload length)`` of the unmasked frame at the start of ``data``; None
+    while its header is not all there."""
+    n = len(data)
+    if n < 2:
+        return None
+    ln = data[1] & 0x7F
+    if ln < 126:
+        return data[0], 2, ln
+    if ln == 126:
+        return (data[0], 4, (data[2] << 8) | data[3]) if n >= 4 else None
+    return (data[0], 10, int.from_bytes(data[2:10], "big")) if n >= 10 else None
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:

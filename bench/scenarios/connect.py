@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..hist import Histogram
 from ..loadgen import LoadError, LoadPool, new_marker
+from ..procstat import CpuWindow
 from ..servers import TARGETS, Server
 from ..stats import saturation
 from .common import Ctx, conditions, conns_per_load_process, cpu_line, file_figure, open_conns, session
@@ -17,25 +19,65 @@ from .common import Ctx, conditions, conns_per_load_process, cpu_line, file_figu
 __all__ = ["run_connect"]
 
 
-def broadcast_all(pool: LoadPool, srv: Server, timeout: float) -> dict[str, Any]:
+def broadcast_all(pool: LoadPool, srv: Server, timeout: float, arrival: bool = False,
+                  windows: Sequence[CpuWindow] = ()) -> dict[str, Any]:
     """One broadcast from the first connection, and the time until every open connection has it.
 
     Each receiver's latency runs from the broadcast's scheduled send time to the moment its load process
     read it (and checked it is ours, by the marker in its first bytes). Since there is one message, sent
     at a known time, no receiver parses a timestamp out of it: with 100,000 receivers the load processes,
-    which share the cores with the server, would spend more CPU on that than the server on delivering."""
+    which share the cores with the server, would spend more CPU on that than the server on delivering.
+
+    ``arrival``: the load processes do not read while the broadcast arrives; each receiver's latency runs
+    to its arrival at the receiving socket instead (:mod:`bench.arrival`), so the server has the cores to
+    itself, as it would with its clients on other machines. The receivers then read it and count it as
+    usual (``reached``, ``missing``, ``unexpected``).
+
+    ``windows`` (CPU windows) run from the send until every receiver has read it, or (``arrival``) until
+    every arrival was stamped."""
     marker = new_marker()
     now = time.monotonic()
     pool.call("listen", {"w0": now, "w1": now + 3600, "sample_every": 0, "marker": marker}, timeout=30)
-    start_at = time.monotonic() + 0.05
-    pub = pool.call("publish", {"rate": 0, "start_at": start_at, "count": 1, "size": 60,
-                                "marker": marker}, timeout=30, only=[0])[0]
+    arrived: list[dict[str, Any]] = []
+    if arrival:
+        pool.call("hush", {}, timeout=60)
+        start_at = time.monotonic() + 0.3  # every load process is idle by then (else: late_start)
+        publish = {"marker": marker, "size": 60}
+        tickets = pool.submit("arrivals", [{"start_at": start_at, "timeout": timeout,
+                                            "publish": publish if i == 0 else None} for i in range(pool.n)])
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        for w in windows:
+            w.start()
+        arrived = pool.wait(tickets, timeout=timeout + 60)
+        for w in windows:
+            w.stop()
+        sent = sum(a["sent"] for a in arrived)
+    else:
+        start_at = time.monotonic() + 0.05
+        for w in windows:
+            w.start()
+        sent = pool.call("publish", {"rate": 0, "start_at": start_at, "count": 1, "size": 60,
+                                     "marker": marker}, timeout=30, only=[0])[0]["sent"]
+    since_ns = int(start_at * 1e9)
     reach = pool.call("wait_all", {"expect": 1, "timeout": timeout}, timeout=timeout + 30)
-    got = pool.call("collect", {"expected_each": 1, "arrivals_since_ns": int(start_at * 1e9)}, timeout=30)
-    hist = Histogram.merged(g["arrivals"] for g in got)
-    return {"sent": pub["sent"], "reached": sum(r["reached"] for r in reach),
-            "open": sum(r["conns"] for r in reach), "missing": sum(g["missing"] for g in got),
-            "unexpected": sum(g["unexpected"] for g in got), "ms": hist.summary(1000), "latency_us": hist.to_dict()}
+    if not arrival:
+        for w in windows:
+            w.stop()
+    got = pool.call("collect", {"expected_each": 1, "arrivals_since_ns": since_ns}, timeout=30)
+    hist = Histogram.merged(a["arrivals"] for a in arrived) if arrived else \
+        Histogram.merged(g["arrivals"] for g in got)
+    out = {"sent": sent, "reached": sum(r["reached"] for r in reach),
+           "open": sum(r["conns"] for r in reach), "missing": sum(g["missing"] for g in got),
+           "unexpected": sum(g["unexpected"] for g in got), "timed": "arrival" if arrival else "read",
+           "ms": hist.summary(1000), "latency_us": hist.to_dict()}
+    if arrived:
+        workers = sorted({w for a in arrived for w in a["per_worker"]}, key=int)
+        out["per_worker_ms"] = {w: Histogram.merged(a["per_worker"][w] for a in arrived if w in a["per_worker"])
+                                .summary(1000) for w in workers}
+        for k in ("stamped", "late", "by_poll", "not_ours", "unarrived", "ended", "controls", "late_start"):
+            out[k] = sum(a[k] for a in arrived)
+        out["slack_ms"] = min(a["slack_ms"] for a in arrived)  # the least time to spare before the send
+    return out
 
 
 def _level(ctx: Ctx, p: dict[str, Any], target: str, conns: int, rate: float | None, workers: int,
