@@ -447,7 +447,7 @@ class Gen:
         self.ppid = os.getppid()
         self.recovery: RecoveryLoad | None = None  # the recovery scenario's subscribers and publisher
         self.listen_expect: Expect | None = None  # what a message of the current ``listen`` looks like
-        self.watch: ArrivalWatch | None = None  # the listeners, unread while one broadcast arrives (``hush``)
+        self.watch: ArrivalWatch | None = None  # the listeners' sockets, stamped for one broadcast (``hush``)
 
     async def main(self) -> None:
         self.loop.add_reader(self.pipe.fileno(), self._on_pipe)
@@ -736,9 +736,10 @@ class Gen:
         """Stop this process's event loop from ``start_at`` (monotonic) on, so no client reads and the load
         idles, until one message of ours has arrived on every connection of the ``hush`` (or ``timeout``
         seconds); with ``publish`` (``marker``, ``size``), send that broadcast at ``start_at`` first. The
-        clients then read again. Returns the histogram (us) of the kernel's arrival stamps from
-        ``start_at`` on, and what was not stamped; ``late_start`` when this process got the command after
-        ``start_at`` (the receivers may have read some messages before they were stamped)."""
+        clients then read again. Returns the histogram (us) of the arrivals from ``start_at`` on (all, and
+        per worker of the receiving connection), and what was not stamped; ``late_start`` when this process
+        was not ready (armed, its loop stopped) by ``start_at``, so its clients may have read the broadcast
+        unstamped; ``slack_ms``, how much time it had to spare."""
         watch = self.watch
         if watch is None:
             raise LoadError("arrivals without a hush")

@@ -120,9 +120,8 @@ def run_scale(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
                "server_connections_after_hold": server_conns,
                "hold_server_cpu": scpu.report(), "hold_load_cpu": gcpu.report(),
                "idle_server_us_per_conn_s": round(scpu.seconds * 1e6 / max(1, alive) / scpu.wall, 3),
-               "valid": o["opened"] == o["requested"] and closed == 0 and bc is not None
-               and bc["reached"] == o["opened"] and bc["stamped"] == o["opened"] and not bc["late_start"] and rbc is not None
-               and rbc["reached"] == o["opened"],
+               "valid": o["opened"] == o["requested"] and closed == 0 and bc is not None and rbc is not None
+               and bc["reached"] == bc["stamped"] == rbc["reached"] == o["opened"] and not bc["late_start"],
                "dropped": dropped}
         runs.append(run)
         ctx.log(f"  hold {p['hold_s']} s: {alive:,} alive, {closed:,} dropped (codes {close_codes or 'none'}), "

@@ -128,32 +128,35 @@ def test_a_ping_that_came_after_the_broadcast_does_not_move_its_arrival(
     assert clients[0].got == []  # the ping is behind our frame: left for the client to read
 
 
-def test_a_ping_before_the_broadcast_is_handed_to_the_client_and_the_broadcast_still_stamped(
-        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+def _ping_seen(pairs: list[tuple[socket.socket, socket.socket]]
+               ) -> tuple[ArrivalWatch, _Client, socket.socket]:
+    """One connection watched, a heartbeat ping sent on it, and a poll that saw it readable (the ping)."""
     w, clients = _watch(pairs[:1])
     s, _ = pairs[0]
     s.sendall(PING)
     time.sleep(0.05)
-    w.poll()  # readable: the ping
+    w.poll()
+    return w, clients[0], s
+
+
+def test_a_ping_before_the_broadcast_is_handed_to_the_client_and_the_broadcast_still_stamped(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    w, client, s = _ping_seen(pairs)
     t_sent = time.monotonic_ns()
     s.sendall(OURS)
     time.sleep(0.02)
     w.look()
     w.close()
-    assert clients[0].got == [PING] and w.controls == 1
+    assert client.got == [PING] and w.controls == 1
     assert len(w.stamps) == 1 and w.by_poll == 0  # the poll saw the ping, not our frame
     assert t_sent <= w.stamps[0]
 
 
 def test_a_ping_alone_leaves_the_socket_pending_and_armed_again(
         pairs: list[tuple[socket.socket, socket.socket]]) -> None:
-    w, clients = _watch(pairs[:1])
-    s, _ = pairs[0]
-    s.sendall(PING)
-    time.sleep(0.03)
-    w.poll()
+    w, client, s = _ping_seen(pairs)
     w.look()
-    assert clients[0].got == [PING] and w.pending and not w.stamps
+    assert client.got == [PING] and w.pending and not w.stamps
     s.sendall(OURS)
     w.wait(time.monotonic() + 5)
     w.close()
