@@ -6,10 +6,9 @@ A worker submits a message to the owner (``SUBMIT``); the owner appends it to it
 sends it to every worker (``SEQ``, carrying the submitter's ticket, so the submitter learns its offset
 when the message reaches it, after its own receivers got it) and delivers it to its own receivers; the
 ``SEQ`` leaves before the owner's writes to its clients (``Bus.send_now``), so every worker fans it out
-at once. A resend
-within the dedup window gets ``OUTCOME`` with the first offset instead. A join asks the owner for the
-stream's position and history (``HIST_REQ``/``HIST_REP``); since the owner's pipe to each worker is FIFO,
-every live message a worker receives after the answer comes after the answer's ``latest``.
+at once. A resend within the dedup window gets ``OUTCOME`` with the first offset instead. A join asks the
+owner for the stream's position and history (``HIST_REQ``/``HIST_REP``); since the owner's pipe to each
+worker is FIFO, every live message a worker receives after the answer comes after the answer's ``latest``.
 
 A ``SEQ`` goes to the workers the owner knows: a worker that does not know the owner yet has no receiver
 of its streams that could miss it (a join waits for the owner's answer, which comes after). The other way
