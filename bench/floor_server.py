@@ -7,7 +7,10 @@ the sender included, in one write each (when one read brings several broadcasts,
 one ``send()``; nothing ever waits for more, so this adds no latency). No
 UTF-8 check, no size limit, no fragmentation, no per-client queue, no heartbeats, no protocol: whatever a
 client sends is relayed as is (so a fanwire ``broadcast`` message comes out with its ``text`` intact and
-the generator reads the same timestamp from it). Pings are answered, a close is echoed.
+the generator reads the same timestamp from it). Pings are answered, a close is echoed. Its clients are
+kept in a dict, so a broadcast writes them in the order they connected, as fanwire's hub does: a set
+would walk them in hash order, scattered across memory, which costs a floor several per cent more CPU
+per delivery at 10,000 receivers (``docs/bench.md``, "Fan-out order").
 
 Measured next to fanwire in the same run, it shows how much of a broadcast's latency is the kernel's
 (one ``send()`` per receiver, and the receivers' reads on the same machine) and how much the server's.
@@ -39,7 +42,7 @@ _PROTO_RE = re.compile(rb"(?i)\r\nsec-websocket-protocol:\s*([^,\r]+)")
 _H16 = struct.Struct("!BBH").pack
 _H64 = struct.Struct("!BBQ").pack
 
-CLIENTS: set[asyncio.Transport] = set()
+CLIENTS: dict[asyncio.Transport, None] = {}
 
 
 def server_frame(b0: int, payload: bytes) -> bytes:
@@ -64,7 +67,7 @@ class Relay(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
-            CLIENTS.discard(self.transport)
+            CLIENTS.pop(self.transport, None)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -87,7 +90,7 @@ class Relay(asyncio.Protocol):
             t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Accept: " + accept + b"\r\n" + extra + b"\r\n")
             self.open = True
-            CLIENTS.add(t)
+            CLIENTS[t] = None
         pos = 0
         n = len(buf)
         out: list[bytes] = []

@@ -94,6 +94,11 @@ def new_hub(loop: asyncio.AbstractEventLoop | None = None, max_queue: int = 1 <<
     return hub
 
 
+def members(hub: Hub[_Sink]) -> dict[str, list[_Sink]]:
+    """Every room's members, in the hub's order."""
+    return {room: list(m) for room, m in hub.rooms.items()}
+
+
 def tick(loop: asyncio.AbstractEventLoop) -> None:
     """One pass of the loop: whatever was scheduled with call_soon runs."""
     loop.run_until_complete(asyncio.sleep(0))
@@ -150,12 +155,12 @@ def test_add_and_remove_keep_the_room_index() -> None:
     a, b = _Sink(), _Sink()
     hub.add(a, ["lobby", "games"])
     hub.add(b, ["lobby"])
-    assert hub.conns == {a, b}
-    assert hub.rooms == {"lobby": {a, b}, "games": {a}}
+    assert list(hub.conns) == [a, b]
+    assert members(hub) == {"lobby": [a, b], "games": [a]}
     hub.remove(a, ["lobby", "games"])
-    assert hub.conns == {b} and hub.rooms == {"lobby": {b}}  # an empty room is gone
+    assert list(hub.conns) == [b] and members(hub) == {"lobby": [b]}  # an empty room is gone
     hub.remove(b, ["lobby"])
-    assert hub.conns == set() and hub.rooms == {}
+    assert list(hub.conns) == [] and hub.rooms == {}
 
 
 def test_a_connection_the_hub_does_not_hold_joins_nothing() -> None:
@@ -168,7 +173,7 @@ def test_a_connection_the_hub_does_not_hold_joins_nothing() -> None:
     member = _Sink()
     hub.add(member, ["lobby"])
     hub.subscribe(stranger, "lobby")
-    assert hub.rooms == {"lobby": {member}} and calls == [("lobby", 1)]
+    assert members(hub) == {"lobby": [member]} and calls == [("lobby", 1)]
 
 
 def test_leaving_a_room_one_is_not_in_is_no_news() -> None:
@@ -181,7 +186,7 @@ def test_leaving_a_room_one_is_not_in_is_no_news() -> None:
     hub.unsubscribe(b, "lobby")
     hub.unsubscribe(b, "nowhere")
     hub.remove(b, ["lobby", "nowhere"])
-    assert calls == [("lobby", 1)] and hub.rooms == {"lobby": {a}}
+    assert calls == [("lobby", 1)] and members(hub) == {"lobby": [a]}
 
 
 def test_membership_works_without_a_hook() -> None:
@@ -189,7 +194,7 @@ def test_membership_works_without_a_hook() -> None:
     a = _Sink()
     hub.add(a, ["r"])
     hub.unsubscribe(a, "r")
-    assert hub.rooms == {} and hub.conns == {a}
+    assert hub.rooms == {} and list(hub.conns) == [a]
 
 
 # --- deliver -------------------------------------------------------------------------------------------------
@@ -286,6 +291,42 @@ def test_deliver_to_a_room_reaches_its_members_only(loop: asyncio.AbstractEventL
     assert a.out is None and b.out is not None and c.out is not None
     assert hub.deliver(None, CHAT, "broadcast") == 3
     assert a.out is not None and len(b.out) == 2
+
+
+class _OrderedTransport(FakeTransport):
+    """Notes its name in a list shared by all of them on every write: the order the hub wrote in."""
+
+    def __init__(self, name: int, log: list[int]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.log.append(self.name)
+        super().write(data)
+
+
+@pytest.mark.parametrize("fan_min", [1, 1 << 30], ids=["batched", "queued"])
+def test_a_fan_out_writes_its_receivers_in_the_order_they_joined(loop: asyncio.AbstractEventLoop, fan_min: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members are written in join order (the order their sockets were accepted, for a room joined at the
+    upgrade): the order that keeps a large fan-out's memory walk sequential. Joined here in an order unlike
+    the sinks' creation (and addresses), then one left and came back: it is last now."""
+    monkeypatch.setattr(hub_module, "FAN_MIN", fan_min)
+    hub = new_hub(loop)
+    log: list[int] = []
+    sinks = [_Sink(transport=_OrderedTransport(i, log)) for i in range(50)]
+    order = [*range(1, 50, 2), *range(48, -1, -2)]
+    for i in order:
+        hub.add(sinks[i], ["lobby"])
+    hub.unsubscribe(sinks[order[3]], "lobby")
+    hub.subscribe(sinks[order[3]], "lobby")
+    hub.deliver("lobby", CHAT, "chat")
+    tick(loop)
+    assert log == [i for i in order if i != order[3]] + [order[3]]
+    log.clear()
+    hub.deliver(None, CHAT, "broadcast")
+    tick(loop)
+    assert log == order
 
 
 # --- push and flush --------------------------------------------------------------------------------------------
