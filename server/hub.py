@@ -10,11 +10,10 @@ timeout (see :meth:`Hub.flush` and ``Conn.overflow``).
 The hub holds open connections only: :meth:`add` when the WebSocket opens, :meth:`remove` when the
 connection is lost (whatever ended it), and :meth:`subscribe` ignores a connection it does not hold.
 
-Connections and room members are kept in insertion-ordered dicts (not sets), so a fan-out writes its
-receivers in the order they joined: for a room joined at the upgrade, the order their sockets were
-accepted, which is close to the order in which their objects (ours, the transport's, the kernel's) were
-allocated. A set walks them in hash order instead, scattered across memory; at 10,000 receivers that
-costs several per cent of the server's CPU per delivery (``docs/bench.md``, "Fan-out order").
+Connections and room members are insertion-ordered dicts, not sets: a fan-out writes its receivers in
+join order, close to the order their objects (ours, the transport's, the kernel's) were allocated. A
+set's hash order scatters that walk across memory: several per cent more CPU per delivery at 10,000
+receivers (``docs/bench.md``, "Fan-out order").
 """
 
 from __future__ import annotations
