@@ -14,6 +14,11 @@ Connections and room members are insertion-ordered dicts, not sets: a fan-out wr
 join order, close to the order their objects (ours, the transport's, the kernel's) were allocated. A
 set's hash order scatters that walk across memory: several per cent more CPU per delivery at 10,000
 receivers (``docs/bench.md``, "Fan-out order").
+
+Why this module is long: the per-tick output is one state machine. Queued replies, batched fan-outs, the
+deferred fan-out and the flush that writes them share one invariant (every receiver gets all it is owed,
+in order, in one write per tick), and each path hands its receivers over to the others mid-tick; split
+into modules, they would reach into each other's state.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable, Collection, Iterable
+from itertools import compress, filterfalse
+from operator import attrgetter
 from typing import Final, Generic, Protocol, TypeVar
 
 from .codecs import Codec
@@ -29,6 +36,7 @@ from .ws.frames import build_frame
 
 _gc_window = False  # see gc_window()
 FAN_MIN: Final = 32  # receivers from which a fan-out is batched (Hub.deliver)
+_closing = attrgetter("close_reason")
 
 
 def gc_window(on: bool = True) -> None:
@@ -50,7 +58,7 @@ class Sink(Protocol):
     codec: Codec
     raw: bool  # True: pre-built frames can be written as they are (no per-connection extensions)
     out: list[bytes] | None
-    close_reason: str | None  # why it is closing (a metric label); None while open
+    close_reason: str | None  # why it is closing (a metric label, never empty); None while open
     msgs_out: int
     bytes_out: int
 
@@ -72,7 +80,7 @@ class Hub(Generic[S]):
     """A worker's open connections and rooms; fans messages out and writes each connection once per tick."""
 
     __slots__ = ("batches", "before_flush", "conns", "dirty", "gc_paused", "last_batch", "loop", "max_queue",
-                 "metrics", "on_members", "rooms", "scheduled")
+                 "metrics", "nonraw", "on_members", "pending", "rooms", "scheduled")
 
     def __init__(self, metrics: Metrics, max_queue: int) -> None:
         self.metrics = metrics
@@ -82,6 +90,8 @@ class Hub(Generic[S]):
         self.dirty: list[S] = []
         self.batches: list[tuple[_Batch, list[S]]] = []  # this tick's fan-out batches: (frames, members)
         self.last_batch: dict[Codec, _Batch] = {}  # per codec: this tick's last batch
+        self.pending: tuple[list[S], bytes, str] | None = None  # this tick's deferred fan-out (see deliver)
+        self.nonraw = 0  # open connections with extensions (no deferred fan-out while there are any)
         self.scheduled = False
         self.gc_paused = False  # this hub turned the collector off until its flush (gc_window)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -94,12 +104,15 @@ class Hub(Generic[S]):
     # --- membership ---------------------------------------------------------------------------------
 
     def add(self, conn: S, rooms: Iterable[str]) -> None:
+        if not conn.raw and conn not in self.conns:
+            self.nonraw += 1
         self.conns[conn] = None
         for room in rooms:
             self.subscribe(conn, room)
 
     def remove(self, conn: S, rooms: Iterable[str]) -> None:
-        self.conns.pop(conn, None)
+        if self.conns.pop(conn, False) is None and not conn.raw:
+            self.nonraw -= 1
         for room in rooms:
             self.unsubscribe(conn, room)
 
@@ -155,15 +168,19 @@ class Hub(Generic[S]):
         """Write everything queued this tick: one write per connection (inlined: it is the hot path).
 
         A connection's ``out`` holds all it is owed this tick: its own list, or the frame list of a fan-out
-        batch it is still a member of (see :meth:`deliver`)."""
+        batch it is still a member of (see :meth:`deliver`); the tick's deferred fan-out, if any, is owed
+        before that."""
         self.scheduled = False
         if self.before_flush is not None:
             self.before_flush()
         dirty, self.dirty = self.dirty, []
         batches, self.batches = self.batches, []
+        pending, self.pending = self.pending, None
         self.last_batch.clear()
         limit = self.max_queue
         try:
+            if pending is not None:
+                self._write_pending(*pending)
             for frames, members in batches:
                 data = frames[0] if len(frames) == 1 else b"".join(frames)
                 for conn in members:
@@ -211,11 +228,22 @@ class Hub(Generic[S]):
         adds its frame to the batch; one that reaches some of them moves those to a new batch (a copy of
         the frames, and the new one); a receiver that gets anything else (a reply) leaves its batch with a
         copy of its frames. So every receiver still gets all it is owed, in order, in one write per tick,
-        and a receiver costs a few attribute stores instead of a list of its own."""
+        and a receiver costs a few attribute stores instead of a list of its own.
+
+        The tick's first such fan-out, when nothing else is queued yet and no connection has extensions, is
+        *deferred*: it keeps a copy of the receivers' list (those that are closing already are counted and
+        left out, in C loops) and the flush walks it once, writing each receiver as it goes, where a batch
+        walks them twice (joining, then writing). What is queued for one of them later in the tick follows
+        the fan-out's frame in the same write; a second large fan-out in the tick first turns the deferred
+        one into the batch it would have been (:meth:`_settle`), so coalescing is kept."""
         targets: Collection[S] | None = self.conns if room is None else self.rooms.get(room)
         if not targets:
             return 0
         if len(targets) >= FAN_MIN:
+            if self.pending is None and not self.dirty and not self.batches and not self.nonraw:
+                return self._defer(list(targets), payload, mtype)
+            if self.pending is not None:
+                self._settle()
             return self._deliver_batched(targets, payload, mtype)
         encoded: dict[Codec, tuple[bytes, bytes]] = {}  # codec -> (payload, frame)
         last: Codec | None = None
@@ -249,7 +277,65 @@ class Hub(Generic[S]):
             self.metrics.count_out(mtype, n, nbytes)
         return n
 
-    def _deliver_batched(self, targets: Collection[S], payload: bytes, mtype: str) -> int:
+    def _defer(self, receivers: list[S], payload: bytes, mtype: str) -> int:
+        closing = list(compress(receivers, map(_closing, receivers)))
+        if closing:
+            for conn in closing:
+                self.metrics.inc(self.metrics.dropped, conn.close_reason)
+            receivers = list(filterfalse(set(closing).__contains__, receivers))
+        self.pending = (receivers, payload, mtype)
+        if not self.scheduled:
+            self._schedule()
+        return len(receivers)
+
+    def _write_pending(self, receivers: list[S], payload: bytes, mtype: str) -> None:
+        """The flush of a deferred fan-out: one pass, written as it goes (see :meth:`deliver`)."""
+        built: dict[Codec, tuple[bytes, int]] = {}
+        last: Codec | None = None
+        frame = b""
+        size = nbytes = 0
+        limit = self.max_queue
+        for conn in receivers:
+            if conn.codec is not last:
+                last = conn.codec
+                fs = built.get(last)
+                if fs is None:
+                    body = last.from_json(payload)
+                    fs = built[last] = (build_frame(last.opcode, body), len(body))
+                frame, size = fs
+            conn.bytes_out += size
+            conn.msgs_out += 1
+            nbytes += size
+            out = conn.out
+            if out is not None:  # queued for it after the fan-out: its own list, written below
+                out.insert(0, frame)
+                continue
+            t = conn.transport
+            if t is None:
+                continue
+            t.write(frame)
+            if conn.end_after_write:
+                t.close()
+            queued = t.get_write_buffer_size()
+            if queued > limit:
+                conn.overflow(queued)
+        self.metrics.count_out(mtype, len(receivers), nbytes)
+
+    def _settle(self) -> None:
+        """Make the deferred fan-out the batch it would have been, what was queued since following it."""
+        assert self.pending is not None
+        receivers, payload, mtype = self.pending
+        self.pending = None
+        since = [(conn, conn.out) for conn in self.dirty]  # own lists: there is no batch yet this tick
+        for conn, _ in since:
+            conn.out = None
+        self.dirty = []
+        self._deliver_batched(receivers, payload, mtype, skip_closing=False)
+        for conn, out in since:
+            for data in out or ():
+                self.push(conn, data)
+
+    def _deliver_batched(self, targets: Collection[S], payload: bytes, mtype: str, skip_closing: bool = True) -> int:
         by_codec: dict[Codec, _Delivery[S]] = {}
         last: Codec | None = None
         d: _Delivery[S] | None = None
@@ -263,7 +349,7 @@ class Hub(Generic[S]):
         again: Callable[[S], None] = self.dirty.append
         new: _Batch = _Batch()
         for conn in targets:
-            if conn.close_reason is not None:
+            if conn.close_reason is not None and skip_closing:
                 self.metrics.inc(self.metrics.dropped, conn.close_reason)
                 continue
             codec = conn.codec

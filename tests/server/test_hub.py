@@ -581,10 +581,14 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("tick"), st.none())), max_size=30)
 
 
-def replay(loop: asyncio.AbstractEventLoop, fan_min: int, script: list[tuple[str, Any]]) -> list[_Sink]:
+def replay(loop: asyncio.AbstractEventLoop, fan_min: int, script: list[tuple[str, Any]],
+           extensions: bool = True) -> list[_Sink]:
+    """``extensions``: some receivers have them (then no fan-out is deferred); else every tick's first large
+    fan-out is (see Hub.deliver)."""
     hub_module.FAN_MIN = fan_min  # type: ignore[misc]  # restored by the caller
     hub = new_hub(loop)
-    sinks = [_Sink(codecs.MSGPACK if i % 5 == 0 else codecs.JSON, raw=i % 13 != 6) for i in range(40)]
+    sinks = [_Sink(codecs.MSGPACK if i % 5 == 0 else codecs.JSON, raw=not extensions or i % 13 != 6)
+             for i in range(40)]
     for i, s in enumerate(sinks):
         hub.add(s, ["lobby", "games"] if i % 3 == 0 else ["lobby"])
     for k, (op, arg) in enumerate(script):
@@ -603,13 +607,14 @@ def replay(loop: asyncio.AbstractEventLoop, fan_min: int, script: list[tuple[str
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops)
-def test_any_mix_of_fan_outs_and_replies_writes_the_same_either_way(script: list[tuple[str, Any]]) -> None:
+@given(ops, st.booleans())
+def test_any_mix_of_fan_outs_and_replies_writes_the_same_either_way(script: list[tuple[str, Any]],
+                                                                    extensions: bool) -> None:
     loop = asyncio.new_event_loop()
     saved = hub_module.FAN_MIN
     try:
-        batched = replay(loop, 1, script)
-        queued = replay(loop, 1 << 30, script)
+        batched = replay(loop, 1, script, extensions)
+        queued = replay(loop, 1 << 30, script, extensions)
     finally:
         hub_module.FAN_MIN = saved  # type: ignore[misc]
         loop.close()
@@ -636,3 +641,101 @@ def test_fan_outs_to_the_same_receivers_in_one_tick_share_one_batch(loop: asynci
     assert sinks[0].out == [frame, b"reply", frame, frame]
     tick(loop)
     assert all(s.t.calls == [("write", frame * 3)] for s in sinks[1:])
+
+
+# --- the deferred fan-out: a tick's first large fan-out, written in one pass by the flush -------------------
+
+
+def deferring(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch, n: int = 4,
+              **kw: Any) -> tuple[Hub[_Sink], list[_Sink]]:
+    monkeypatch.setattr(hub_module, "FAN_MIN", 2)
+    hub = new_hub(loop, **kw)
+    sinks = [_Sink(codecs.MSGPACK if i == 1 else codecs.JSON) for i in range(n)]
+    for s in sinks:
+        hub.add(s, ["lobby"])
+    return hub, sinks
+
+
+def test_a_ticks_first_large_fan_out_waits_for_the_flush_and_is_written_in_one_pass(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, sinks = deferring(loop, monkeypatch)
+    sinks[2].transport = None  # lost before the flush
+    assert hub.deliver(None, CHAT, "broadcast") == 4
+    assert hub.pending is not None and hub.batches == [] and hub.dirty == []
+    assert all(s.out is None for s in sinks) and hub.metrics.messages_out == {}  # nothing per receiver yet
+    late = _Sink()
+    hub.add(late, ["lobby"])  # joined after the fan-out: not one of its receivers
+    tick(loop)
+    packed = msgpack.packb(orjson.loads(CHAT), use_bin_type=True)
+    assert sinks[0].t.calls == sinks[3].t.calls == [("write", build_frame(codecs.OP_TEXT, CHAT))]
+    assert sinks[1].t.calls == [("write", build_frame(codecs.OP_BINARY, packed))]
+    assert late.t.calls == [] and hub.pending is None
+    assert [(s.msgs_out, s.bytes_out) for s in sinks] == [(1, len(CHAT)), (1, len(packed)), (1, len(CHAT)),
+                                                          (1, len(CHAT))]
+    assert hub.metrics.messages_out == {"broadcast": 4}
+    assert hub.metrics.bytes_out == {"broadcast": 3 * len(CHAT) + len(packed)}
+
+
+def test_what_is_queued_after_a_deferred_fan_out_follows_it_in_the_same_write(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, sinks = deferring(loop, monkeypatch)
+    hub.deliver(None, CHAT, "broadcast")
+    hub.push(sinks[0], b"reply")
+    hub.push(sinks[0], b"more")
+    tick(loop)
+    frame = build_frame(codecs.OP_TEXT, CHAT)
+    assert sinks[0].t.calls == [("writelines", [frame, b"reply", b"more"])]
+    assert sinks[3].t.calls == [("write", frame)]
+
+
+def test_receivers_already_closing_are_left_out_of_a_deferred_fan_out_and_counted(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, sinks = deferring(loop, monkeypatch)
+    sinks[0].close_reason = "slow_consumer"
+    sinks[3].close_reason = "closed"
+    assert hub.deliver(None, CHAT, "broadcast") == 2
+    assert hub.metrics.dropped == {"slow_consumer": 1, "closed": 1}
+    sinks[2].close_reason = "closed"  # closing after the fan-out: it is still owed the message
+    tick(loop)
+    assert sinks[0].t.calls == sinks[3].t.calls == []
+    assert sinks[2].t.calls == [("write", build_frame(codecs.OP_TEXT, CHAT))] and sinks[2].msgs_out == 1
+    assert hub.metrics.messages_out == {"broadcast": 2}
+
+
+def test_a_second_large_fan_out_in_the_tick_makes_the_deferred_one_a_batch(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, sinks = deferring(loop, monkeypatch)
+    hub.deliver(None, CHAT, "broadcast")
+    hub.push(sinks[0], b"reply")
+    hub.deliver("lobby", CHAT, "chat")
+    assert hub.pending is None and len(hub.batches) == 2  # one per codec, each with both frames
+    frame = build_frame(codecs.OP_TEXT, CHAT)
+    assert sinks[0].out == [frame, b"reply", frame]
+    tick(loop)
+    assert sinks[0].t.calls == [("writelines", [frame, b"reply", frame])]
+    assert sinks[3].t.calls == [("write", frame + frame)]  # coalesced: one write for both
+    assert hub.metrics.messages_out == {"broadcast": 4, "chat": 4}
+
+
+def test_no_fan_out_is_deferred_while_a_connection_has_extensions(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, _ = deferring(loop, monkeypatch)
+    deflate = _Sink(raw=False)
+    hub.add(deflate, [])
+    hub.add(deflate, [])  # counted once
+    hub.deliver(None, CHAT, "broadcast")
+    assert hub.pending is None and hub.batches
+    tick(loop)
+    hub.remove(deflate, [])
+    hub.remove(deflate, [])
+    hub.deliver(None, CHAT, "broadcast")
+    assert hub.pending is not None and hub.nonraw == 0
+
+
+def test_a_receiver_that_overflows_in_a_deferred_fan_out_is_told(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, sinks = deferring(loop, monkeypatch, max_queue=10)
+    sinks[1].t.buffered = 100
+    hub.deliver(None, CHAT, "broadcast")
+    tick(loop)
+    assert sinks[1].overflows == [100] and sinks[0].overflows == []
