@@ -32,16 +32,17 @@ nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from .wsproto import Expect, frame_header
 
-__all__ = ["POLL_S", "SO_TIMESTAMPNS", "ArrivalWatch", "realtime_offset_ns"]
+__all__ = ["POLL_S", "SO_TIMESTAMPNS", "ArrivalWatch", "StampedReads", "realtime_offset_ns"]
 
 POLL_S: Final = 0.02  # seconds between two looks at which sockets became readable
 MAX_CONTROL: Final = 8  # control frames read off one socket per look before it is left for the next
@@ -243,3 +244,62 @@ class ArrivalWatch:
         self.socks.clear()
         if self.ep is not None:
             self.ep.close()
+
+
+class StampedReads:
+    """One client's socket read by us instead of its transport, each read with the kernel's arrival stamp.
+
+    For a stream of messages (the fan-out scenario's sampled receivers) rather than one broadcast: the
+    transport's reading is paused, a duplicate of its descriptor gets ``SO_TIMESTAMPNS`` and a reader in
+    the event loop, and every ``recvmsg`` hands ``on_data(data, arrived)`` the bytes and the arrival
+    (``CLOCK_MONOTONIC`` ns, ``offset`` being :func:`realtime_offset_ns`), or ``None`` when no stamp came.
+    The transport still writes (pongs, a close). At the end of the stream (EOF or an error) the
+    transport reads again and sees it for itself.
+
+    A read that takes several segments carries the stamp of the *latest* (the kernel's rule, see the
+    module's docstring): a message that waited behind a later one is taken as arriving with it, later
+    than it did, never earlier."""
+
+    __slots__ = ("loop", "offset", "on_data", "sock", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, offset: int,
+                 on_data: Callable[[bytes, int | None], None]) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.offset = offset
+        self.on_data = on_data
+        self.sock: socket.socket | None = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        transport.pause_reading()
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        s = self.sock
+        if s is None:
+            return
+        try:
+            data, anc, _, _ = s.recvmsg(1 << 18, _CMSG)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        stamp = _stamp_of(anc)
+        self.on_data(data, None if stamp is None else stamp - self.offset)
+
+    def close(self) -> None:
+        """Give the socket back to its transport (idempotent)."""
+        s, self.sock = self.sock, None
+        if s is None:
+            return
+        self.loop.remove_reader(s.fileno())
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
+        except OSError:
+            pass
+        s.close()  # the duplicate only
+        if not self.transport.is_closing():
+            self.transport.resume_reading()

@@ -50,7 +50,7 @@ from typing import Any
 import msgpack
 import orjson
 
-from .arrival import ArrivalWatch
+from .arrival import ArrivalWatch, StampedReads, realtime_offset_ns, stamping_live
 from .hist import Histogram
 from .procstat import pin
 from .recoveryload import RecoveryLoad
@@ -165,8 +165,8 @@ class LoadError(RuntimeError):
 class Client(asyncio.Protocol):
     __slots__ = ("aborting", "accept", "bad", "batch", "batches", "closed", "codec", "counter", "expect_welcome",
                  "first_ns", "gen", "hbuf", "hist", "hs_ns", "inflight", "last_ns", "mode", "opened", "owed",
-                 "reader", "received", "request", "running", "rx_bytes", "sent", "transport", "ts_of", "ts_range",
-                 "worker")
+                 "reader", "received", "request", "rhist", "running", "rx_bytes", "sent", "stamped", "transport",
+                 "ts_of", "ts_range", "worker")
 
     def __init__(self, gen: Gen, request: bytes, accept: bytes, expect_welcome: bool, codec: str) -> None:
         self.gen = gen
@@ -196,6 +196,8 @@ class Client(asyncio.Protocol):
         self.ts_of: Callable[[bytearray, int, int], int] = _ts_pong_json
         self.ts_range = (0, 1 << 62)  # a timestamp of ours lies in here
         self.hist: Histogram | None = None
+        self.rhist: Histogram | None = None  # with ``stamped``: latency to the read (``hist``: to the arrival)
+        self.stamped: StampedReads | None = None  # read by us, with the kernel's arrival stamps (fan-out)
         self.closed = False
         self.aborting = False  # we are closing it: its loss is not the server's
 
@@ -207,6 +209,7 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.unstamp()
         self.transport = None
         if not self.opened.done():
             self.opened.set_exception(ConnectionError("closed during the handshake"))
@@ -310,18 +313,26 @@ class Client(asyncio.Protocol):
             if reader.buf:  # the start of the next frame
                 self.data_received(bytes(reader.buf))
 
-    def _read_ts(self, data: bytes) -> None:
+    def _read_stamped(self, data: bytes, arrived: int | None) -> None:
+        if arrived is None:
+            self.gen.unstamped += 1
+        self._read_ts(data, arrived)
+
+    def _read_ts(self, data: bytes, arrived: int | None = None) -> None:
+        """Latency from each message's timestamp to ``arrived`` (the kernel's stamp), else to now."""
         reader = self.reader
         assert reader is not None
         frames = reader.feed(data)
         if not frames:
             return
         now = _now()
+        at = now if arrived is None else arrived
         g = self.gen
         buf = reader.buf
         ts_of = self.ts_of
         lo, hi = self.ts_range
         hist = self.hist
+        rhist = self.rhist
         n = 0
         for op, s, e in frames:
             if op & 0x08:
@@ -335,7 +346,9 @@ class Client(asyncio.Protocol):
             if g.w0 <= ts < g.w1:
                 g.win_replies += 1
                 if hist is not None:
-                    hist.record((now - ts) // 1000)
+                    hist.record((at - ts) // 1000)
+                    if rhist is not None:
+                        rhist.record((now - ts) // 1000)
         reader.consume()
         if n:
             self.received += n
@@ -374,9 +387,21 @@ class Client(asyncio.Protocol):
 
     # --- modes --------------------------------------------------------------------------------------
 
+    def stamp(self, offset: int) -> None:
+        """Read this connection ourselves from now on, each read with its arrival (see StampedReads)."""
+        t = self.transport
+        if self.stamped is None and t is not None and not t.is_closing():
+            self.stamped = StampedReads(self.gen.loop, t, offset, self._read_stamped)
+
+    def unstamp(self) -> None:
+        if self.stamped is not None:
+            self.stamped.close()
+            self.stamped = None
+
     def to_mode(self, mode: int, expect: Expect | None = None) -> None:
         """Switch mode and reset the counters, carrying over a frame that is half-way through. ``expect``:
         what a valid message looks like from now on (M_IDLE and M_PINGPONG)."""
+        self.unstamp()
         if self.counter.control:
             self._controls()
         if mode == M_TS:
@@ -413,6 +438,7 @@ class Client(asyncio.Protocol):
     def abort(self) -> None:
         """Close it from our side (not counted as lost)."""
         self.aborting = True
+        self.unstamp()
         if self.transport is not None:
             self.transport.abort()
 
@@ -443,6 +469,8 @@ class Gen:
         self.win_replies = 0  # messages whose timestamp lies inside the window
         self.rx_total = 0
         self.hists: dict[int, Histogram] = {}
+        self.read_hists: dict[int, Histogram] = {}  # listen(stamped=True): latency to the read, per worker
+        self.unstamped = 0  # stamped reads that came without the kernel's stamp (timed at the read)
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.ppid = os.getppid()
         self.recovery: RecoveryLoad | None = None  # the recovery scenario's subscribers and publisher
@@ -696,15 +724,22 @@ class Gen:
                 "received": ok, "unexpected": bad, "closed": closed, "lost_conns": self.lost - lost0,
                 "latency_us": hist.to_dict(), "send_lag_us": lag.to_dict(), "conns": nconn}
 
-    async def cmd_listen(self, w0: float, w1: float, marker: str, sample_every: int = 1) -> dict[str, Any]:
+    async def cmd_listen(self, w0: float, w1: float, marker: str, sample_every: int = 1,
+                         stamped: bool = False) -> dict[str, Any]:
         """Receive mode for fan-out: every ``sample_every``-th connection reads the timestamp out of
         each message and records its delivery latency (per worker id of the receiving connection); the
         others count messages from headers and check our ``marker`` in their first bytes. Deliveries
-        inside [w0, w1) are counted by arrival time."""
+        inside [w0, w1) are counted by arrival time. ``stamped``: the latency runs to the message's
+        arrival at the receiving socket (the kernel's stamp, :class:`~bench.arrival.StampedReads`), and
+        the latency to its read goes into ``read_hists``."""
         self.w0 = int(w0 * 1e9)
         self.w1 = int(w1 * 1e9)
         self.win_rx = self.win_replies = self.rx_total = 0
         self.hists = {}
+        self.read_hists = {}
+        self.unstamped = 0
+        offset = realtime_offset_ns() if stamped else 0
+        live = stamping_live() if stamped else None
         exp = self.listen_expect = Expect((marker.encode(),), head=256)
         sampled = 0
         self.listening = self.alive()
@@ -717,11 +752,18 @@ class Gen:
                 if h is None:
                     h = self.hists[c.worker] = Histogram()
                 c.hist = h
+                c.rhist = None
+                if stamped:
+                    rh = self.read_hists.get(c.worker)
+                    if rh is None:
+                        rh = self.read_hists[c.worker] = Histogram()
+                    c.rhist = rh
+                    c.stamp(offset)
                 sampled += 1
             else:
                 c.to_mode(M_IDLE, exp)
-                c.hist = None
-        return {"listening": len(self.listening), "sampled": sampled}
+                c.hist = c.rhist = None
+        return {"listening": len(self.listening), "sampled": sampled, "stamping": live}
 
     async def cmd_hush(self) -> dict[str, Any]:
         """Have the kernel stamp what arrives on the connections of the current ``listen``
@@ -784,10 +826,12 @@ class Gen:
         return masked_frame(OP_TEXT if codec == "json" else OP_BINARY, data, self.mask)
 
     async def cmd_publish(self, rate: float, start_at: float, count: int, marker: str, codec: str = "json",
-                          size: int = 100, kind: str = "broadcast") -> dict[str, Any]:
+                          size: int = 100, kind: str = "broadcast", from_send: bool = False) -> dict[str, Any]:
         """Send ``count`` messages of ``kind`` (broadcast or chat) from this process's first connection,
         on an open-loop schedule, each carrying its scheduled send time (ns) and our ``marker`` at the
-        start of ``text``."""
+        start of ``text`` -- or, with ``from_send``, the time it was written (the fan-out scenario's
+        latency to the arrival: this process also reads receivers, and how late that made a send is its
+        own, not the server's). ``send_lag_us``: how late each send was against the schedule."""
         conns = self.alive()
         if not conns:
             raise LoadError("no open connection to publish from")
@@ -795,6 +839,7 @@ class Gen:
         t0 = int(start_at * 1e9)
         interval = 1e9 / rate if rate else 0.0
         sent = 0
+        lag = Histogram()
         hard_stop = _now() + int((count / (rate or 1e9) + 30) * 1e9)
         while sent < count and not pub.closed:
             ts = t0 + int(sent * interval)
@@ -805,11 +850,13 @@ class Gen:
                 await wait_until(ts)
                 continue
             if pub.transport is not None:
-                pub.transport.write(self._publish_frame(kind, codec, ts, marker, size))
+                at = _now()
+                lag.record((at - ts) // 1000)
+                pub.transport.write(self._publish_frame(kind, codec, at if from_send else ts, marker, size))
             sent += 1
             if sent % 64 == 0:
                 await asyncio.sleep(0)
-        return {"sent": sent, "worker": pub.worker}
+        return {"sent": sent, "worker": pub.worker, "send_lag_us": lag.to_dict()}
 
     async def cmd_collect(self, expected_each: int | None = None, arrivals_since_ns: int | None = None
                           ) -> dict[str, Any]:
@@ -835,6 +882,7 @@ class Gen:
             "first_ns": min(firsts) if firsts else 0, "last_first_ns": max(firsts) if firsts else 0,
             "last_ns": max(lasts) if lasts else 0,
             "hists": {str(w): h.to_dict() for w, h in self.hists.items()}, "lost_conns": self.lost,
+            "read_hists": {str(w): h.to_dict() for w, h in self.read_hists.items()}, "unstamped": self.unstamped,
             "unexpected": sum(c.bad_total() for c in conns), "closed": sum(c.closed for c in conns),
             "close_codes": dict(self.close_codes), "arrivals": arrivals}
         if expected_each is not None:
@@ -843,7 +891,7 @@ class Gen:
             out["extra"] = sum(max(0, n - expected_each) for n in counts)
         for c in self.alive():
             c.to_mode(M_IDLE)
-            c.hist = None
+            c.hist = c.rhist = None
         self.listening = []
         self.w0 = self.w1 = 0
         return out

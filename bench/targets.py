@@ -116,12 +116,16 @@ ROWS: Final[tuple[Row, ...]] = (
         None, "lower", "latency"),
     Row("latency.max_rate_p99_1ms", "Highest offered rate with p99 <= 1 ms, not saturated", "msg/s", "", "", None,
         "higher"),
-    Row("fanout.p99_ms_1k_100", "Fan-out p99, 1,000 subscribers x 100 broadcasts/s, one server core", "ms", "",
-        "<= 1.2x floor", None, "lower", "latency", ("floor", 1.2)),
-    Row("fanout.p99_ms_10k_100", "Fan-out p99, 10,000 subscribers x 100 broadcasts/s, one server core", "ms", "",
-        "<= 1.2x floor", None, "lower", "latency", ("floor", 1.2)),
-    Row("fanout.p99_ms_10k_10", "Fan-out p99, 10,000 subscribers x 10 broadcasts/s, one server core", "ms", "",
-        "p99 <= 50 ms", 50.0, "lower", "latency"),
+    Row("fanout.p99_ms_1k_100", "Fan-out p99 to the arrival, 1,000 subscribers x 100 broadcasts/s, one server core",
+        "ms", "", "<= 1.2x floor", None, "lower", "latency", ("floor", 1.2)),
+    Row("fanout.read_p99_ms_1k_100", "Fan-out p99 to the read, 1,000 subscribers x 100 broadcasts/s, one server "
+        "core", "ms", "", "", None, "lower", "latency"),
+    Row("fanout.p99_ms_10k_10", "Fan-out p99 to the arrival, 10,000 subscribers x 10 broadcasts/s, one server core",
+        "ms", "", "<= 1.2x floor", None, "lower", "latency", ("floor", 1.2)),
+    Row("fanout.read_p99_ms_10k_10", "Fan-out p99 to the read, 10,000 subscribers x 10 broadcasts/s, one server "
+        "core", "ms", "", "p99 <= 50 ms", 50.0, "lower", "latency"),
+    Row("fanout.p99_ms_10k_100", "Fan-out p99 to the arrival, 10,000 subscribers x 100 broadcasts/s (more than one "
+        "core can send: a backlog, not a latency)", "ms", "", "", None, "lower", "latency"),
     Row("fanout.deliveries_per_s", "Fan-out deliveries/s received, 10,000 subscribers, one server process", "deliv/s", "",
         ">= 500,000", 500000.0, "higher", "capacity"),
     Row("fanout.cross_p99_ms_1k_500", "Fan-out p99 over 2 workers (pipe bus), 1,000 subscribers x 500/s", "ms", "",

@@ -47,16 +47,24 @@ def fanout_window(pool: LoadPool, server_pids: list[int], p: dict[str, Any], rat
     samples their latency. ``by_worker`` splits the latency into receivers on the publisher's worker and
     on the others (one node only). After a drain, every receiver must have had every broadcast exactly
     once (else the window is invalid). ``saturated``: fewer than 90 % of the offered deliveries/s
-    arrived, p99 passed the scenario's bound, or the server was at its CPU limit."""
+    arrived, p99 passed the scenario's bound, or the server was at its CPU limit.
+
+    With ``p["arrival"]`` the latency runs from each broadcast's send to its arrival at each receiving
+    socket (the kernel's stamp): the server's delivery, without the time the load processes take to
+    read on the same cores, nor how late the publisher (a load process too) sent (``send_lag_ms``);
+    ``read_latency_ms`` runs from the send to the read. Without it, both run from the publish schedule
+    to the read."""
     marker = new_marker()
     offered = rate * subscribers
-    start_at = time.monotonic() + 0.3
+    stamped = bool(p.get("arrival", False))
+    start_at = time.monotonic() + (0.6 if stamped else 0.3)
     w0 = start_at + p["warmup"]
     w1 = w0 + p["duration"]
-    pool.call("listen", {"w0": w0, "w1": w1, "sample_every": sample_every, "marker": marker}, timeout=30)
+    pool.call("listen", {"w0": w0, "w1": w1, "sample_every": sample_every, "marker": marker,
+                         "stamped": stamped}, timeout=30)
     count = int(rate * (p["warmup"] + p["duration"]))
     tickets = pool.submit("publish", {"rate": rate, "start_at": start_at, "count": count, "size": p["size"],
-                                      "marker": marker}, only=[0])
+                                      "marker": marker, "from_send": stamped}, only=[0])
     scpu, gcpu = CpuWindow(server_pids), CpuWindow(pool.pids)
     sleep_until(w0)
     scpu.start()
@@ -68,13 +76,15 @@ def fanout_window(pool: LoadPool, server_pids: list[int], p: dict[str, Any], rat
     time.sleep(p["drain"])
     late = wait_for_stragglers(pool, pub["sent"], p.get("drain_max", 15.0))
     got = pool.call("collect", {"expected_each": pub["sent"]}, timeout=30)
-    same, cross, both = Histogram(), Histogram(), Histogram()
+    same, cross, both, read = Histogram(), Histogram(), Histogram(), Histogram()
     for g in got:
         for w, hd in g["hists"].items():
             h = Histogram.from_dict(hd)
             both.merge(h)
             if by_worker:
                 (same if int(w) == pub["worker"] else cross).merge(h)
+        for hd in g.get("read_hists", {}).values():
+            read.merge(Histogram.from_dict(hd))
     delivered = sum(g["win_rx"] for g in got)
     per_s = round(delivered / p["duration"], 1)
     lat = both.summary(1000)
@@ -93,7 +103,10 @@ def fanout_window(pool: LoadPool, server_pids: list[int], p: dict[str, Any], rat
             "overloaded": per_s < 0.9 * offered or (lat["p99"] or 0) > p["saturation_p99_ms"],
             "valid": verdict["valid"], "verdict": verdict,
             "published": pub["sent"], "publisher_worker": pub["worker"], "latency_ms": lat,
-            "latency_us": both.to_dict(),
+            "latency_us": both.to_dict(), "latency_to": "arrival" if stamped else "read",
+            "read_latency_ms": read.summary(1000) if stamped else lat,
+            "unstamped": sum(g.get("unstamped", 0) for g in got), "latency_from": "send" if stamped else "schedule",
+            "send_lag_ms": Histogram.from_dict(pub["send_lag_us"]).summary(1000) if "send_lag_us" in pub else None,
             "same_worker_ms": same.summary(1000), "same_worker_us": same.to_dict(),
             "cross_worker_ms": cross.summary(1000), "cross_worker_us": cross.to_dict(),
             "server_cpu": cpu, "load_cpu": gcpu.report(), "other_cpu_pct": others_pct(scpu, gcpu),
@@ -270,29 +283,38 @@ def summarize(p: dict[str, Any], runs: list[dict[str, Any]], notes: dict[str, st
             at = [r for r in single if r["group"] == subs and r["rate"] == rate]
             for server in dict.fromkeys(r["server"] for r in at):
                 mine = [r for r in at if r["server"] == server]
+                to = ("to the arrival at the receiving socket (the kernel's stamp)"
+                      if mine[0].get("latency_to") == "arrival" else "to the read")
+                since = "each broadcast's send" if mine[0].get("latency_from") == "send" else "the publish schedule"
                 note = (f"{subs:,} subscribers x {rate} broadcasts/s ({rate * subs:,} deliveries/s offered), one "
                         f"server process, {p['size']} B messages, receivers in {mine[0]['load_processes']} load "
-                        f"processes on the other core; median of {len(mine)}")
+                        f"processes on the other core; latency from {since} {to}; median of {len(mine)}")
                 file_figure(summary, f"p99_ms_{g}_{rate}", server, mine, lambda r: r["latency_ms"]["p99"], note, "ms")
                 file_figure(summary, f"p50_ms_{g}_{rate}", server, mine, lambda r: r["latency_ms"]["p50"], note, "ms")
+                file_figure(summary, f"read_p99_ms_{g}_{rate}", server, mine,
+                            lambda r: r.get("read_latency_ms", r["latency_ms"])["p99"],
+                            note.replace(to, "to the read by the load process"), "ms")
                 file_figure(summary, f"deliveries_per_s_{g}_{rate}", server, mine, lambda r: r["deliveries_per_s"],
                             note, "deliv/s")
                 file_figure(summary, f"us_per_delivery_{g}_{rate}", server, mine,
                             lambda r: r["server_us_per_delivery"], note, "us")
             # fanwire against the floor, repeat by repeat (both measured in the same repeat)
-            ratios = []
-            for rep in sorted({r["repeat"] for r in at}):
-                fw = next((r for r in at if r["server"] == "fanwire" and r["repeat"] == rep and r["valid"]), None)
-                fl = next((r for r in at if r["server"] == "floor" and r["repeat"] == rep and r["valid"]), None)
-                if fw and fl and fw["latency_ms"]["p99"] and fl["latency_ms"]["p99"]:
-                    ratios.append(fw["latency_ms"]["p99"] / fl["latency_ms"]["p99"])
-            if ratios:
-                st = spread(ratios)
-                summary[f"p99_vs_floor_{g}_{rate}"] = {
-                    "fanwire": round(st["median"], 3), "unit": "x",
-                    "stats": {"fanwire": {k: v for k, v in st.items()}},
-                    "note": f"fanwire p99 / floor p99 at {subs:,} subscribers x {rate}/s, same repeat, median of "
-                            f"{len(ratios)} (goal <= 1.2)"}
+            for prefix, key, what in (("", "latency_ms", "p99"), ("read_", "read_latency_ms", "p99 to the read")):
+                ratios = []
+                for rep in sorted({r["repeat"] for r in at}):
+                    fw = next((r for r in at if r["server"] == "fanwire" and r["repeat"] == rep and r["valid"]), None)
+                    fl = next((r for r in at if r["server"] == "floor" and r["repeat"] == rep and r["valid"]), None)
+                    if fw and fl:
+                        a, b = fw.get(key, fw["latency_ms"])["p99"], fl.get(key, fl["latency_ms"])["p99"]
+                        if a and b:
+                            ratios.append(a / b)
+                if ratios:
+                    st = spread(ratios)
+                    summary[f"{prefix}p99_vs_floor_{g}_{rate}"] = {
+                        "fanwire": round(st["median"], 3), "unit": "x",
+                        "stats": {"fanwire": {k: v for k, v in st.items()}},
+                        "note": f"fanwire {what} / floor {what} at {subs:,} subscribers x {rate}/s, same repeat, "
+                                f"median of {len(ratios)} (goal <= 1.2)"}
     # the largest group: the most deliveries/s each server received (at whichever rate), flagged saturated
     # when it did not keep up there
     if single:

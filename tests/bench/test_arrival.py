@@ -9,6 +9,7 @@ close and sockets that get nothing are counted, not dropped. And the scale scena
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -19,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
-from bench.arrival import SO_TIMESTAMPNS, ArrivalWatch
+from bench.arrival import SO_TIMESTAMPNS, ArrivalWatch, StampedReads, realtime_offset_ns, stamping_live
 from bench.wsproto import OP_PING, OP_TEXT, Expect, frame_header, server_frame
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -232,3 +234,50 @@ def test_the_scale_scenario_runs_small_with_both_broadcasts(tmp_path: Path) -> N
     assert set(bc["per_worker_ms"]) == {"0", "1"}
     for key in ("scale_broadcast_p99_ms", "scale_broadcast_read_p99_ms", "scale_broadcast_server_cpu_s"):
         assert "fanwire" in data["summary"][key], key
+
+
+# --- StampedReads: a stream of messages, each read with its arrival -------------------------------------------
+
+
+class _Proto(asyncio.Protocol):
+    """A client's protocol: what its transport read, and whether it saw the end."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.got.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+def test_stamped_reads_time_each_read_by_its_arrival_then_hand_the_socket_back() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with _connections() as pairs:
+            s, c = pairs[0]
+            t, proto = await loop.create_connection(_Proto, sock=c)
+            assert stamping_live()
+            reads: list[tuple[bytes, int | None, int]] = []
+            sr = StampedReads(loop, t, realtime_offset_ns(), lambda d, at: reads.append((d, at, time.monotonic_ns())))
+            sent = time.monotonic_ns()
+            s.sendall(OURS)
+            time.sleep(0.05)  # the loop is not running: the frame waits, read 50 ms after it came
+            await asyncio.sleep(0.05)
+            assert [d for d, _, _ in reads] == [OURS] and proto.got == []  # read by us, not the transport
+            _, arrived, read_at = reads[0]
+            assert arrived is not None and sent <= arrived < sent + 20_000_000 <= read_at
+            sr.close()
+            sr.close()  # idempotent
+            s.sendall(PING)
+            await asyncio.sleep(0.05)
+            assert proto.got == [PING] and len(reads) == 1  # the transport reads again
+            sr2 = StampedReads(loop, t, realtime_offset_ns(), lambda d, at: reads.append((d, at, 0)))
+            s.close()
+            await asyncio.sleep(0.05)
+            assert sr2.sock is None and proto.lost  # the end: handed back, and the transport saw it
+            t.close()
+
+    uvloop.run(main())

@@ -52,6 +52,11 @@ def test_quick_run_writes_every_result_and_chart(tmp_path: Path) -> None:
     fan = json.loads((out / "fanout.json").read_text())
     assert {r["server"] for r in fan["runs"]} == {"fanwire", "floor", "fanwire-2w"}
     assert any(k.startswith("p99_vs_floor_") for k in fan["summary"])
+    assert any(k.startswith("read_p99_vs_floor_") for k in fan["summary"])
+    for r in fan["runs"]:  # timed to the arrival at each socket (the kernel's stamp), and to the read
+        assert r["latency_to"] == "arrival" and r["unstamped"] == 0, r
+        assert r["read_latency_ms"]["count"] == r["latency_ms"]["count"] > 0
+        assert r["read_latency_ms"]["p50"] >= r["latency_ms"]["p50"]
     # charts and the table come from the JSON alone
     proc = subprocess.run([sys.executable, "-m", "bench", "charts", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
