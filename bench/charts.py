@@ -35,7 +35,7 @@ from .targets import DOC, GOALS
 __all__ = ["CHARTS", "draw_all"]
 
 COLORS = {"fanwire": "#1f77b4", "baseline": "#ff7f0e", "baseline-uvloop": "#d62728", "picows": "#9467bd",
-          "floor": "#7f7f7f", "fanwire-2w": "#17becf", "fanwire-redis": "#2ca02c", "history-on": "#1f77b4",
+          "floor": "#7f7f7f", "ceiling": "#444444", "fanwire-2w": "#17becf", "fanwire-redis": "#2ca02c", "history-on": "#1f77b4",
           "history-off": "#9ecae1", "recovery-cuts": "#17becf"}
 LABELS = {**SERVER_LABELS, "fanwire-2w": "fanwire, 2 workers (pipe bus)",
           "fanwire-redis": "fanwire, Redis bus (2 nodes x 1 worker)",

@@ -1,4 +1,5 @@
-"""The floor of fan-out: a minimal hand-written uvloop broadcast server. Not a server anyone should run.
+"""The floor of fan-out and the ceiling of ping/pong: a minimal hand-written uvloop server. Not a server
+anyone should run.
 
 It does the least a WebSocket broadcast can cost: answer the upgrade (the ``Sec-WebSocket-Accept`` and
 nothing else; no header validation), unmask each client frame (websockets' C ``apply_mask``), build the
@@ -15,7 +16,14 @@ per delivery at 10,000 receivers (``docs/bench.md``, "Fan-out order").
 Measured next to fanwire in the same run, it shows how much of a broadcast's latency is the kernel's
 (one ``send()`` per receiver, and the receivers' reads on the same machine) and how much the server's.
 
-Run: ``python -m bench.floor_server --port 8767``; prints ``floor: ready ...``; stops on SIGTERM / SIGINT.
+With ``--mode pong`` it is the ceiling of JSON ping/pong instead: the least a server can do to answer
+fanwire's ``ping`` (``{"type": "ping", "ts": ...}``) with its ``pong``. Each text frame is parsed with
+orjson, ``{"type": "pong", "server_ts": <ms>, "ts": <the ping's ts>}`` is encoded with orjson and framed,
+and the replies to one read go out in one write; nothing is validated (no type check, no limits, no
+rate limits, no per-connection state but the buffer).
+
+Run: ``python -m bench.floor_server --port 8767 [--mode pong]``; prints ``floor: ready ...`` (``ceiling:
+ready ...``); stops on SIGTERM / SIGINT.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ import hashlib
 import os
 import re
 import struct
+import time
 from collections.abc import Sequence
+
+import orjson
 
 from .stopsignal import stop_on_signals
 
@@ -43,6 +54,7 @@ _H16 = struct.Struct("!BBH").pack
 _H64 = struct.Struct("!BBQ").pack
 
 CLIENTS: dict[asyncio.Transport, None] = {}
+PONG = False  # --mode pong: answer each message with a pong, to its sender only
 
 
 def server_frame(b0: int, payload: bytes) -> bytes:
@@ -116,11 +128,18 @@ class Relay(asyncio.Protocol):
             pos = end
             if b0 & 0x08:
                 self._control(b0 & 0x0F, payload)
+            elif PONG:
+                out.append(server_frame(0x81, orjson.dumps({"type": "pong", "server_ts": int(time.time() * 1000),
+                                                            "ts": orjson.loads(payload).get("ts")})))
             else:
                 out.append(server_frame(b0 & 0x8F, payload))
         self.buf = buf[pos:]
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
+            if PONG:
+                if self.transport is not None:
+                    self.transport.write(data)
+                return
             for c in CLIENTS:
                 c.write(data)
 
@@ -139,7 +158,7 @@ async def main(host: str, port: int) -> None:
     stop = stop_on_signals()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Relay, host, port, backlog=4096)
-    print(f"floor: ready on ws://{host}:{port} (pid {os.getpid()})", flush=True)
+    print(f"{'ceiling' if PONG else 'floor'}: ready on ws://{host}:{port} (pid {os.getpid()})", flush=True)
     await stop
     server.close()
     for t in list(CLIENTS):
@@ -150,7 +169,12 @@ def cli(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.floor_server", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8767)
+    p.add_argument("--mode", choices=("relay", "pong"), default="relay",
+                   help="relay: every message to every connection (the floor of fan-out); pong: a JSON pong to "
+                        "each ping, to its sender (the ceiling of ping/pong)")
     ns = p.parse_args(argv)
+    global PONG
+    PONG = ns.mode == "pong"
     import uvloop
 
     uvloop.run(main(ns.host, ns.port))

@@ -12,6 +12,9 @@ echo server on uvloop is the informed-user baseline), ``protocol`` says what the
 - ``chat``: the fanwire protocol (ping/pong, broadcast): fanwire, and the two websockets baselines;
 - ``echo``: a plain WebSocket echo: ``fanwire --mode echo``, websockets' echo on uvloop, picows;
 - ``relay``: every data message goes to every connection, as is: the raw-socket floor of fan-out.
+
+``ceiling`` (the same module as the floor, ``--mode pong``) answers the chat protocol's ping only: the
+raw-socket ceiling of JSON ping/pong, which the throughput scenario runs for its 64 B JSON figure.
 """
 
 from __future__ import annotations
@@ -83,12 +86,15 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("picows-echo", "picows", "picows echo (uvloop)", _module("bench.picows_server"), "echo",
            needs="picows"),
     Target("floor", "floor", "raw-socket floor (no validation)", _module("bench.floor_server"), "relay"),
+    Target("ceiling", "ceiling", "raw-socket ceiling (a JSON pong, no validation)",
+           _module("bench.floor_server", "--mode", "pong"), "chat"),
 )}
 
 # the order of every chart's legend and table column
-SERVER_ORDER = ("fanwire", "baseline", "baseline-uvloop", "picows", "floor")
+SERVER_ORDER = ("fanwire", "baseline", "baseline-uvloop", "picows", "floor", "ceiling")
 SERVER_LABELS = {"fanwire": "fanwire", "baseline": "websockets, as documented",
-                 "baseline-uvloop": "websockets + uvloop + orjson", "picows": "picows", "floor": "raw-socket floor"}
+                 "baseline-uvloop": "websockets + uvloop + orjson", "picows": "picows", "floor": "raw-socket floor",
+                 "ceiling": "raw-socket ceiling"}
 
 
 class ServerError(RuntimeError):

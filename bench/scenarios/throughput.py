@@ -1,6 +1,8 @@
 """throughput: pipelined round trips on one server core, for the chat protocol (ping/pong, JSON and
 msgpack, 64 B and 16 KiB) and for plain echo (fanwire --mode echo, websockets' echo on uvloop, picows;
-64 B, 16 KiB and 64 KiB), every server in turn and every repeat interleaved."""
+64 B, 16 KiB and 64 KiB), every server in turn and every repeat interleaved. The raw-socket ceiling of
+JSON ping/pong (``ceiling``) runs the 64 B JSON ping/pong right after fanwire in each repeat, and
+``small_vs_ceiling`` is fanwire's rate over the ceiling's, repeat by repeat."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ def run_throughput(ctx: Ctx, p: dict[str, Any]) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     mask = os.urandom(4)
     plan_targets = [(t, "chat", p["chat"]["messages"]) for t in ctx.pick(p["chat"]["targets"])]
+    ceiling = p.get("ceiling") or {}
+    plan_targets[1:1] = [(t, "chat", ceiling["messages"]) for t in ctx.pick(ceiling.get("targets", []))]
     plan_targets += [(t, "echo", p["echo"]["messages"]) for t in ctx.pick(p["echo"]["targets"])]
     for rep in range(ctx.reps(p)):
         for target, kind, messages in plan_targets:
@@ -79,4 +83,17 @@ def summarize(p: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
             file_figure(summary, key, server, mine, lambda r: r["msgs_per_s"], note, "msg/s")
             file_figure(summary, key.replace("_msgs_per_s", "_us_per_msg"), server, mine,
                         lambda r: r["server_us_per_msg"], note, "us")
+    small = [r for r in runs if (r["kind"], r["size"], r["codec"]) == ("chat", 64, "json")]
+    paired = []
+    for r in small:
+        if r["server"] != "fanwire" or not r.get("valid", True):
+            continue
+        top = next((c for c in small if c["server"] == "ceiling" and c["repeat"] == r["repeat"]
+                    and c.get("valid", True)), None)
+        if top and top["msgs_per_s"]:
+            paired.append({**r, "vs_ceiling": r["msgs_per_s"] / top["msgs_per_s"]})
+    if paired:
+        file_figure(summary, "small_vs_ceiling", "fanwire", paired, lambda r: r["vs_ceiling"],
+                    f"64 B JSON ping/pong, fanwire's round trips/s over the raw-socket ceiling's (a JSON pong to "
+                    f"each ping, no validation), same repeat, one server core each; median of {len(paired)}", "x")
     return summary

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 def test_quick_run_writes_every_result_and_chart(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "--quick", "--out", str(out), "--target", "fanwire",
-                           "--target", "floor", "--set", "fanout.redis=null", "--no-charts"],
+                           "--target", "floor", "--target", "ceiling", "--set", "fanout.redis=null", "--no-charts"],
                           cwd=ROOT, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     quick = [sc for sc in SCENARIOS if sc.in_quick_run]
@@ -37,7 +37,7 @@ def test_quick_run_writes_every_result_and_chart(tmp_path: Path) -> None:
         assert validate(data) == [], sc.name
         assert data["quick"] is True and data["scenario"] == sc.name and data["repeats"] == 1
         run = data["env"]["run"]
-        assert run["quick"] and not run["complete"] and "only targets fanwire, floor" in run["partial"]
+        assert run["quick"] and not run["complete"] and "only targets fanwire, floor, ceiling" in run["partial"]
         assert "machine_at_start" in data["env"]
         assert data["runs"] and {r["server"] for r in data["runs"]} >= {"fanwire"}
         for r in data["runs"]:
@@ -49,6 +49,9 @@ def test_quick_run_writes_every_result_and_chart(tmp_path: Path) -> None:
         assert data["summary"], sc.name
         for key, entry in data["summary"].items():
             assert "fanwire" in entry, (sc.name, key)
+    thr = json.loads((out / "throughput.json").read_text())  # the ceiling answered every ping with a pong
+    assert [r["valid"] for r in thr["runs"] if r["server"] == "ceiling"] == [True]
+    assert 0 < thr["summary"]["small_vs_ceiling"]["fanwire"] < 10
     fan = json.loads((out / "fanout.json").read_text())
     assert {r["server"] for r in fan["runs"]} == {"fanwire", "floor", "fanwire-2w"}
     assert any(k.startswith("p99_vs_floor_") for k in fan["summary"])
