@@ -451,9 +451,10 @@ def chart_fanout(res: dict[str, Any], path: Path, the_set: dict[str, Any] | None
             ri = rates.index(10)
             ref_line(ax, GOALS["fanout_p99_ms"], "50 ms (the goal for the p99 to the read)", GOAL_STYLE, ri - 0.4,
                      ri + 0.4)
-        to = "the arrival at the socket" if mine and mine[0].get("latency_to") == "arrival" else "the read"
+        stamped = bool(mine) and mine[0].get("latency_to") == "arrival"
+        span = "each broadcast's send to its arrival at the socket" if stamped else "publish schedule to the read"
         ax.set_ylabel("delivery latency p99 (ms, log)")
-        wrap_title(ax, f"Delivery latency p99, {g:,} subscribers, {procs} (publish schedule to {to})")
+        wrap_title(ax, f"Delivery latency p99, {g:,} subscribers, {procs} ({span})")
         ax = axes[1][gi]
 
         def rx(s: str, ri: int, mine: list[dict[str, Any]] = mine, rates: list[int] = rates) -> Any:

@@ -99,8 +99,8 @@ SCENARIOS: tuple[Scenario, ...] = (
                "redis": {"subs": 100, "rates": [20], "sample_every": 1},
                "load_processes": 2, "size": 100, "warmup": 0.2, "duration": 0.4, "drain": 0.3, "arrival": True,
                "saturation_p99_ms": 1000.0, "goal_p99_ms": 50.0, "repeats": 1},
-        how="open-loop broadcasts, latency from the publish schedule to each arrival; every receiver must get "
-            "every broadcast once",
+        how="open-loop broadcasts, latency from each broadcast's send to its arrival at the receiving socket "
+            "(the kernel's stamp) and to its read; every receiver must get every broadcast once",
     ),
     Scenario(
         "recovery", "Recovery: nothing lost across repeated connection cuts, time to recover, and the price of "
